@@ -1,0 +1,130 @@
+"""Drop-in GRPO-RM loss for labeled data, called like a pytorch-metric-learning proxy loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightly_grpo.loss import GRPORMLoss, GRPOStats
+from lightly_grpo.output_sets.base import sample_group
+from lightly_grpo.output_sets.class_prototypes import (
+    ClassPrototypes,
+    check_embeddings,
+    check_labels,
+)
+from lightly_grpo.rewards import Reward, RewardInputs, default_reward
+
+
+class GRPORMClassificationLoss(nn.Module):
+    """GRPO-RM with learnable class prototypes as the output set.
+
+    The policy is ``softmax(<normalize(z), k_c> / temperature)`` over the classes; the correct output
+    is the true class. Like pytorch-metric-learning's proxy losses (ProxyAnchor, ArcFace), the loss
+    owns its proxies, so give its parameters to the optimizer (usually with a larger learning rate).
+
+    Args:
+        num_classes: Number of classes.
+        embedding_size: Dimension of the embeddings.
+        temperature: tau > 0; logits are cosine / tau, bounded by 1 / tau.
+        reward: Reward object; default accuracy + uniformity (-pi_old, lambda = 1).
+        clip_eps: PPO clip range (acts only with old logits from an earlier inner step).
+        beta: Weight of the exact KL to the reference policy (needs ``ref_logits``).
+        group_size: None enumerates every class; an integer G samples G classes per query without
+            replacement from pi_old, always keeping the true class.
+
+    Examples:
+        >>> criterion = GRPORMClassificationLoss(num_classes=10, embedding_size=128)
+        >>> embeddings = torch.randn(32, 128, requires_grad=True)
+        >>> labels = torch.randint(0, 10, (32,))
+        >>> loss = criterion(embeddings, labels)
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int,
+        temperature: float = 0.1,
+        reward: Reward | None = None,
+        clip_eps: float = 0.2,
+        beta: float = 0.0,
+        group_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if group_size is not None and not 2 <= group_size <= num_classes:
+            raise ValueError(f"group_size must be in [2, {num_classes}] or None, got {group_size}")
+        self.prototypes = ClassPrototypes(num_classes, embedding_size)
+        self.temperature = float(temperature)
+        self.reward = reward if reward is not None else default_reward()
+        self.grpo = GRPORMLoss(clip_eps=clip_eps, beta=beta)
+        self.group_size = group_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.prototypes.num_classes
+
+    def init_prototypes(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Initialises each prototype to the normalised class mean of ``embeddings``."""
+        self.prototypes.init_from_embeddings(embeddings, labels)
+
+    def logits(self, embeddings: Tensor) -> Tensor:
+        """Policy logits over all classes, shape (B, num_classes)."""
+        return self.prototypes.similarities(embeddings) / self.temperature
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        old_logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        """Computes the loss.
+
+        Args:
+            embeddings: Embeddings of shape (B, embedding_size) (normalised inside).
+            labels: Integer class labels of shape (B,).
+            old_logits: Old-policy logits over all classes (B, num_classes), e.g. from
+                ``logits(...)`` at the first of several inner steps; None for one step.
+            ref_logits: Reference-policy logits over all classes, needed when beta > 0.
+        """
+        return self.forward_with_stats(embeddings, labels, old_logits, ref_logits)[0]
+
+    def forward_with_stats(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        old_logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Like ``forward``; also returns detached statistics (reward, entropy, accuracy, ...)."""
+        check_embeddings(embeddings, self.prototypes.embedding_size)
+        check_labels(labels, self.num_classes, embeddings.shape[0])
+        group = self.prototypes.group(embeddings, labels)
+        logits = group.similarities / self.temperature
+        policy_old = logits.detach() if old_logits is None else old_logits.detach()
+        if policy_old.shape != logits.shape:
+            raise ValueError(
+                f"old_logits must have shape {tuple(logits.shape)}, got {tuple(policy_old.shape)}"
+            )
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        sims, correct = group.similarities, group.correct
+        if self.group_size is not None and self.group_size < self.num_classes:
+            index = sample_group(policy_old, correct, self.group_size)
+            logits, sims = logits.gather(1, index), sims.gather(1, index)
+            correct, policy_old = correct.gather(1, index), policy_old.gather(1, index)
+            ref_logits = None if ref_logits is None else ref_logits.gather(1, index)
+        rewards = self.reward(
+            RewardInputs(correct=correct, old_logits=policy_old, similarities=sims.detach())
+        )
+        loss, stats = self.grpo.forward_with_stats(
+            logits, rewards, None if old_logits is None else policy_old, ref_logits
+        )
+        return loss, _stats_dict(stats, accuracy)
+
+
+def _stats_dict(stats: GRPOStats, accuracy: Tensor) -> dict[str, Tensor]:
+    out = stats.as_dict()
+    out["accuracy"] = accuracy
+    return out
