@@ -5,14 +5,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightly_grpo.loss import GRPORMLoss, GRPOStats
+from lightly_grpo.loss import (
+    GRPORMLoss,
+    GRPOStats,
+    degenerate_groups,
+    fused_accuracy_uniformity_loss,
+)
 from lightly_grpo.output_sets.base import sample_group
 from lightly_grpo.output_sets.class_prototypes import (
     ClassPrototypes,
     check_embeddings,
     check_labels,
 )
-from lightly_grpo.rewards import Reward, RewardInputs, default_reward
+from lightly_grpo.rewards import (
+    AccuracyReward,
+    Reward,
+    RewardInputs,
+    SumReward,
+    UniformityReward,
+    default_reward,
+)
 
 
 class GRPORMClassificationLoss(nn.Module):
@@ -89,7 +101,7 @@ class GRPORMClassificationLoss(nn.Module):
                 ``logits(...)`` at the first of several inner steps; None for one step.
             ref_logits: Reference-policy logits over all classes, needed when beta > 0.
         """
-        return self.forward_with_stats(embeddings, labels, old_logits, ref_logits)[0]
+        return self._compute(embeddings, labels, old_logits, ref_logits, with_stats=False)[0]
 
     def forward_with_stats(
         self,
@@ -99,6 +111,16 @@ class GRPORMClassificationLoss(nn.Module):
         ref_logits: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Like ``forward``; also returns detached statistics (reward, entropy, accuracy, ...)."""
+        return self._compute(embeddings, labels, old_logits, ref_logits, with_stats=True)
+
+    def _compute(
+        self,
+        embeddings: Tensor,
+        labels: Tensor,
+        old_logits: Tensor | None,
+        ref_logits: Tensor | None,
+        with_stats: bool,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         check_embeddings(embeddings, self.prototypes.embedding_size)
         check_labels(labels, self.num_classes, embeddings.shape[0])
         group = self.prototypes.group(embeddings, labels)
@@ -108,7 +130,15 @@ class GRPORMClassificationLoss(nn.Module):
             raise ValueError(
                 f"old_logits must have shape {tuple(logits.shape)}, got {tuple(policy_old.shape)}"
             )
-        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
+        accuracy = (logits.detach().argmax(dim=1) == labels).float().mean() if with_stats else None
+        fused = self._fused_weights()
+        if (
+            fused is not None
+            and old_logits is None
+            and ref_logits is None
+            and (self.group_size is None or self.group_size >= self.num_classes)
+        ):
+            return self._fused(logits, group.correct, fused, accuracy)
         sims, correct = group.similarities, group.correct
         if self.group_size is not None and self.group_size < self.num_classes:
             index = sample_group(policy_old, correct, self.group_size)
@@ -118,13 +148,41 @@ class GRPORMClassificationLoss(nn.Module):
         rewards = self.reward(
             RewardInputs(correct=correct, old_logits=policy_old, similarities=sims.detach())
         )
-        loss, stats = self.grpo.forward_with_stats(
-            logits, rewards, None if old_logits is None else policy_old, ref_logits
+        old = None if old_logits is None else policy_old
+        if accuracy is None:
+            return self.grpo(logits, rewards, old, ref_logits), {}
+        loss, stats = self.grpo.forward_with_stats(logits, rewards, old, ref_logits)
+        return loss, {**stats.as_dict(), "accuracy": accuracy}
+
+    def _fused_weights(self) -> tuple[float, float] | None:
+        """(accuracy, uniformity) weights when the reward is one the fused kernel computes."""
+        rewards = self.reward.rewards if isinstance(self.reward, SumReward) else [self.reward]
+        kinds = [type(r) for r in rewards]
+        if kinds == [AccuracyReward]:
+            return rewards[0].weight, 0.0  # type: ignore[attr-defined]
+        if kinds == [AccuracyReward, UniformityReward] and rewards[1].form == "policy":  # type: ignore[attr-defined]
+            return rewards[0].weight, rewards[1].weight  # type: ignore[attr-defined]
+        return None
+
+    def _fused(
+        self,
+        logits: Tensor,
+        correct: Tensor,
+        weights: tuple[float, float],
+        accuracy: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, log_probs, rewards = fused_accuracy_uniformity_loss(
+            logits, correct, weights[0], weights[1], self.grpo.adv_eps
         )
-        return loss, _stats_dict(stats, accuracy)
-
-
-def _stats_dict(stats: GRPOStats, accuracy: Tensor) -> dict[str, Tensor]:
-    out = stats.as_dict()
-    out["accuracy"] = accuracy
-    return out
+        if accuracy is None:
+            return loss, {}
+        with torch.no_grad():
+            probs = log_probs.exp()
+            stats = GRPOStats(
+                mean_reward=(probs * rewards).sum(dim=-1).mean(),
+                entropy=-(probs * log_probs).sum(dim=-1).mean(),
+                clip_fraction=logits.new_zeros(()),
+                degenerate_fraction=degenerate_groups(rewards).float().mean(),
+                kl=logits.new_zeros(()),
+            )
+        return loss, {**stats.as_dict(), "accuracy": accuracy}

@@ -36,16 +36,17 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
         >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]]))[1]
         tensor([0., 0., 0., 0.])
     """
-    centered = rewards - rewards.mean(dim=-1, keepdim=True)
-    std = rewards.std(dim=-1, keepdim=True, correction=0)
-    advantages = centered / (std + eps)
-    degenerate = degenerate_groups(rewards).unsqueeze(-1)
-    return advantages.masked_fill(degenerate, 0.0)
+    std, mean = torch.std_mean(rewards, dim=-1, keepdim=True, correction=0)
+    # Exact equality, not std == 0: the mean of equal floats is not always exactly that float.
+    low, high = rewards.aminmax(dim=-1, keepdim=True)
+    scale = (high != low).to(rewards.dtype) / (std + eps)
+    return (rewards - mean).mul_(scale)
 
 
 def degenerate_groups(rewards: Tensor) -> Tensor:
     """Boolean mask (batch_size,) of groups whose rewards are all exactly equal."""
-    return (rewards == rewards[..., :1]).all(dim=-1)
+    low, high = rewards.aminmax(dim=-1)
+    return low == high
 
 
 @dataclass
@@ -98,37 +99,41 @@ class _GRPOSurrogate(torch.autograd.Function):
         beta: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch_size, group_size = logits.shape
+        scale = 1.0 / (batch_size * group_size)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         if old_log_probs is None:
-            # One inner step: pi_old is pi_theta without gradient, so rho = 1 and nothing clips.
-            ratio = torch.ones_like(logits)
-            active = torch.ones_like(logits, dtype=torch.bool)
-            clipped = torch.zeros_like(logits, dtype=torch.bool)
+            # One inner step: pi_old is pi_theta without gradient, so rho = 1, nothing clips and
+            # the surrogate is sum(A); the gradient is (pi * sum_i A_i - A) / (B G).
+            loss = advantages.sum().mul_(-scale)
+            grad = probs * advantages.sum(dim=-1, keepdim=True).mul_(scale)
+            grad.sub_(advantages, alpha=scale)
+            clip_count = logits.new_zeros(())
         else:
-            ratio = torch.exp(log_probs - old_log_probs)
+            ratio = (log_probs - old_log_probs).exp_()
             low, high = 1.0 - clip_eps, 1.0 + clip_eps
-            clipped = (ratio < low) | (ratio > high)
+            too_high, too_low = ratio > high, ratio < low
+            clip_count = (too_high | too_low).sum()
             # min(rho A, clip(rho) A) takes the clipped (constant) branch only when it is smaller.
-            active = ~(((ratio > high) & (advantages > 0)) | ((ratio < low) & (advantages < 0)))
-        surrogate = torch.where(
-            active, ratio * advantages, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * advantages
-        )
-        loss = -surrogate.sum() / (batch_size * group_size)
-        # w_i = c_i A_i rho_i; grad_j = -(w_j - pi_j sum_i w_i) / (B G)
-        weighted = torch.where(active, advantages * ratio, torch.zeros_like(ratio))
-        grad = (probs * weighted.sum(dim=-1, keepdim=True) - weighted) / (batch_size * group_size)
+            positive = advantages > 0
+            inactive = (too_high & positive) | (too_low & (advantages < 0))
+            unclipped = ratio * advantages
+            surrogate = torch.where(inactive, ratio.clamp(low, high) * advantages, unclipped)
+            loss = surrogate.sum().mul_(-scale)
+            weighted = unclipped.masked_fill_(inactive, 0.0)
+            grad = probs * weighted.sum(dim=-1, keepdim=True).mul_(scale)
+            grad.sub_(weighted, alpha=scale)
         if ref_log_probs is not None and beta > 0:
             log_ratio_ref = log_probs - ref_log_probs
             kl_per_query = (probs * log_ratio_ref).sum(dim=-1, keepdim=True)
             loss = loss + beta * kl_per_query.sum() / batch_size
-            grad = grad + (beta / batch_size) * probs * (log_ratio_ref - kl_per_query)
+            grad.addcmul_(probs, log_ratio_ref.sub_(kl_per_query), value=beta / batch_size)
             kl = kl_per_query.mean()
         else:
             kl = logits.new_zeros(())
         ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(probs, clipped, kl)
-        return loss, probs, clipped, kl
+        ctx.mark_non_differentiable(log_probs, clip_count, kl)
+        return loss, log_probs, clip_count, kl
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -139,6 +144,10 @@ class _GRPOSurrogate(torch.autograd.Function):
 
 
 def _check_finite(name: str, tensor: Tensor) -> None:
+    # One reduction instead of isfinite + all: a sum is finite unless an element is NaN/inf
+    # (or the values overflow, which the slow path below then reports as 0 bad values).
+    if bool(torch.isfinite(tensor.sum())):
+        return
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
@@ -200,7 +209,7 @@ class GRPORMLoss(nn.Module):
         Returns:
             The scalar loss.
         """
-        return self.forward_with_stats(logits, rewards, old_logits, ref_logits)[0]
+        return self._loss(logits, rewards, old_logits, ref_logits)[0]
 
     def forward_with_stats(
         self,
@@ -210,6 +219,25 @@ class GRPORMLoss(nn.Module):
         ref_logits: Tensor | None = None,
     ) -> tuple[Tensor, GRPOStats]:
         """Like ``forward`` but also returns detached :class:`GRPOStats` for logging."""
+        loss, log_probs, clip_count, kl = self._loss(logits, rewards, old_logits, ref_logits)
+        with torch.no_grad():
+            probs = log_probs.exp()
+            stats = GRPOStats(
+                mean_reward=(probs * rewards).sum(dim=-1).mean(),
+                entropy=-(probs * log_probs).sum(dim=-1).mean(),
+                clip_fraction=clip_count.float() / logits.numel(),
+                degenerate_fraction=degenerate_groups(rewards).float().mean(),
+                kl=kl,
+            )
+        return loss, stats
+
+    def _loss(
+        self,
+        logits: Tensor,
+        rewards: Tensor,
+        old_logits: Tensor | None,
+        ref_logits: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self._validate(logits, rewards, old_logits, ref_logits)
         rewards = rewards.detach().to(logits.dtype)
         advantages = group_advantages(rewards, self.adv_eps)
@@ -221,19 +249,9 @@ class GRPORMLoss(nn.Module):
             if ref_logits is not None and self.beta > 0
             else None
         )
-        loss, probs, clipped, kl = _GRPOSurrogate.apply(
+        return _GRPOSurrogate.apply(  # type: ignore[no-any-return]
             logits, advantages, old_log_probs, ref_log_probs, self.clip_eps, self.beta
         )
-        with torch.no_grad():
-            entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1).mean()
-            stats = GRPOStats(
-                mean_reward=(probs * rewards).sum(dim=-1).mean(),
-                entropy=entropy,
-                clip_fraction=clipped.float().mean(),
-                degenerate_fraction=degenerate_groups(rewards).float().mean(),
-                kl=kl,
-            )
-        return loss, stats
 
     def _validate(
         self,
@@ -267,3 +285,82 @@ class GRPORMLoss(nn.Module):
             _check_finite("old_logits", old_logits)
         if ref_logits is not None:
             _check_finite("ref_logits", ref_logits)
+
+
+class _FusedAccuracyUniformity(torch.autograd.Function):
+    """The default labeled objective in a few passes: one inner step (rho = 1), beta = 0, and
+    rewards ``a * [correct] - lam * pi_old * [wrong]`` where pi_old is the current policy.
+
+    Equal to ``GRPORMLoss()(logits, AccuracyReward(a) + UniformityReward(lam))`` (tested), but the
+    rewards, advantages and closed-form gradient share one softmax instead of three.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        logits: Tensor,
+        correct: Tensor,
+        accuracy_weight: float,
+        uniformity_weight: float,
+        adv_eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        scale = 1.0 / logits.numel()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        probs = log_probs.exp()
+        if uniformity_weight > 0:
+            rewards = (probs * -uniformity_weight).masked_fill_(correct, accuracy_weight)
+        else:
+            rewards = correct.to(logits.dtype).mul_(accuracy_weight)
+        advantages = group_advantages(rewards, adv_eps)
+        # grad_j = (pi_j sum_i A_i - A_j) / (B G); sum_i A_i is 0 up to rounding.
+        grad = torch.addcmul(
+            advantages.mul(-scale), probs, advantages.sum(dim=-1, keepdim=True).mul_(scale)
+        )
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(log_probs, rewards)
+        return advantages.sum().mul_(-scale), log_probs, rewards
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_loss: Tensor, *_unused: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None
+
+
+def fused_accuracy_uniformity_loss(
+    logits: Tensor,
+    correct: Tensor,
+    accuracy_weight: float = 1.0,
+    uniformity_weight: float = 1.0,
+    adv_eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GRPO-RM loss for accuracy + uniformity (-pi_old) rewards with one inner step, fused.
+
+    Args:
+        logits: Policy logits (B, G), already divided by the temperature.
+        correct: Boolean mask (B, G) of the correct outputs.
+        accuracy_weight: Reward of a correct output.
+        uniformity_weight: lambda of the -lambda * pi_old penalty on wrong outputs (0 disables it).
+        adv_eps: Added to the group standard deviation.
+
+    Returns:
+        (loss, log_probs, rewards); the last two detached, for statistics.
+
+    Examples:
+        >>> logits = torch.randn(4, 10, requires_grad=True)
+        >>> correct = torch.nn.functional.one_hot(torch.tensor([1, 2, 3, 4]), 10).bool()
+        >>> loss, _, _ = fused_accuracy_uniformity_loss(logits, correct)
+        >>> loss.backward()
+    """
+    if logits.dim() != 2 or correct.shape != logits.shape:
+        raise ValueError(
+            f"logits and correct must share a (batch_size, group_size) shape, got "
+            f"{tuple(logits.shape)} and {tuple(correct.shape)}"
+        )
+    if logits.numel() == 0:
+        raise ValueError(f"empty batch or group: logits have shape {tuple(logits.shape)}")
+    _check_finite("logits", logits)
+    return _FusedAccuracyUniformity.apply(  # type: ignore[no-any-return]
+        logits, correct, float(accuracy_weight), float(uniformity_weight), adv_eps
+    )

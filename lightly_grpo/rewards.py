@@ -66,9 +66,9 @@ class SumReward(Reward):
         self.rewards = flat
 
     def compute(self, inputs: RewardInputs) -> Tensor:
-        total = self.rewards[0].compute(inputs)
+        total = self.rewards[0].compute(inputs).clone()
         for reward in self.rewards[1:]:
-            total = total + reward.compute(inputs)
+            total.add_(reward.compute(inputs))
         return total
 
     def __repr__(self) -> str:
@@ -92,7 +92,8 @@ class AccuracyReward(Reward):
         self.weight = float(weight)
 
     def compute(self, inputs: RewardInputs) -> Tensor:
-        return inputs.correct.to(inputs.old_logits.dtype) * self.weight
+        reward = inputs.correct.to(inputs.old_logits.dtype)
+        return reward if self.weight == 1.0 else reward.mul_(self.weight)
 
     def __repr__(self) -> str:
         return f"AccuracyReward(weight={self.weight})"
@@ -134,7 +135,7 @@ class UniformityReward(Reward):
             penalty = inputs.old_probs()
         else:
             penalty = inputs.similarities.clamp_min(0.0) if self.clamp else inputs.similarities
-        return torch.where(inputs.correct, torch.zeros_like(penalty), -self.weight * penalty)
+        return penalty.masked_fill(inputs.correct, 0.0).mul_(-self.weight)
 
     def __repr__(self) -> str:
         return f"UniformityReward(weight={self.weight}, form={self.form!r}, clamp={self.clamp})"

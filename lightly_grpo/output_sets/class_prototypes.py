@@ -16,9 +16,7 @@ def check_labels(labels: Tensor, num_classes: int, batch_size: int | None = None
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
     if batch_size is not None and labels.shape[0] != batch_size:
-        raise ValueError(
-            f"got {labels.shape[0]} labels for a batch of {batch_size} embeddings"
-        )
+        raise ValueError(f"got {labels.shape[0]} labels for a batch of {batch_size} embeddings")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
@@ -87,7 +85,7 @@ class ClassPrototypes(nn.Module):
     def group(self, embeddings: Tensor, labels: Tensor) -> OutputGroup:
         """The whole output set as the group of every query."""
         sims = self.similarities(embeddings)
-        correct = F.one_hot(labels, self.num_classes).bool()
+        correct = torch.zeros_like(sims, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
         indices = torch.arange(self.num_classes, device=sims.device).expand_as(sims)
         return OutputGroup(similarities=sims, correct=correct, indices=indices)
 
