@@ -193,6 +193,15 @@ class GRPORMStage(pl.LightningModule):
         return self
 
     # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning keeps whatever mode each submodule is in (it calls no model.train() at fit
+        # start and restores per-module modes after validation), so enforce the BN policy here.
+        if self.hparams["batchnorm"] == "freeze":
+            freeze_batchnorm_stats(self.backbone)
+            freeze_batchnorm_stats(self.head)
+        if self.reference is not None:
+            self.reference.eval()
+
     def _reference_logits(self, images: Tensor) -> Tensor | None:
         if self.reference is None:
             return None
@@ -258,4 +267,7 @@ class GRPORMStage(pl.LightningModule):
         scheduler = CosineWarmupScheduler(
             optimizer, warmup_epochs=min(self.hparams["warmup_steps"], total), max_epochs=total
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from lightly_grpo.backbones import (
+    backbone_output_dim,
+    build_backbone,
+    export_backbone,
+    extract_backbone_state_dict,
+    load_backbone,
+    resnet18_small,
+    strip_classifier,
+)
+
+
+def _randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    # Fresh BatchNorm buffers are 0/1 everywhere, which would hide a running-stat mix-up.
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return module
+
+
+@torch.no_grad()
+def _features(module: nn.Module, x: Tensor) -> Tensor:
+    return module.eval()(x)
+
+
+@pytest.fixture
+def images() -> Tensor:
+    return torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_resnet18_small_output_shape(stem: str, images: Tensor) -> None:
+    model = resnet18_small(in_channels=1, stem=stem)
+    assert model.conv1.in_channels == 1
+    assert _features(model, images).shape == (3, 512)
+    assert backbone_output_dim(model, (1, 32, 32)) == 512
+
+
+def test_stems_differ_and_bad_stem() -> None:
+    imagenet, cifar = resnet18_small(stem="imagenet"), resnet18_small(stem="cifar")
+    assert imagenet.conv1.kernel_size == (7, 7) and isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, nn.Identity)
+    with pytest.raises(ValueError, match="tiny"):
+        resnet18_small(stem="tiny")
+
+
+def test_backbone_output_dim_keeps_mode_and_bn_stats() -> None:
+    model = resnet18_small().train()
+    before = model.bn1.running_mean.clone()
+    assert backbone_output_dim(model, (1, 28, 28)) == 512
+    assert model.training
+    assert torch.equal(model.bn1.running_mean, before)
+
+
+def test_build_backbone_variants() -> None:
+    cifar = build_backbone("resnet18_small_cifar")
+    assert isinstance(cifar.maxpool, nn.Identity)
+    tv = build_backbone("torchvision:resnet34", in_channels=1)
+    assert isinstance(tv.fc, nn.Identity) and tv.conv1.in_channels == 1
+    assert _features(tv, torch.zeros(2, 1, 64, 64)).shape == (2, 512)
+    # A non-ResNet family: the first conv is adapted and the last Linear dropped.
+    eff = build_backbone("torchvision:efficientnet_b0", in_channels=1)
+    assert backbone_output_dim(eff, (1, 64, 64)) == 1280
+    with pytest.raises(ValueError, match="resnet18_small_cifar"):
+        build_backbone("resnet99")
+    with pytest.raises(ValueError, match="not_a_model"):
+        build_backbone("torchvision:not_a_model")
+
+
+def test_extract_backbone_state_dict() -> None:
+    sd = {"backbone.a": torch.ones(1), "projection_head.b": torch.zeros(1)}
+    assert list(extract_backbone_state_dict(sd)) == ["a"]
+    with pytest.raises(ValueError, match="teacher_backbone"):
+        extract_backbone_state_dict(sd, "teacher_backbone.")
+
+
+def test_fake_lightning_checkpoint_roundtrip(tmp_path: Path, images: Tensor) -> None:
+    backbone = _randomize_bn(resnet18_small())
+    head = nn.Linear(512, 64)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state |= {f"projection_head.{k}": v for k, v in head.state_dict().items()}
+    path = tmp_path / "fake.ckpt"
+    torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": {"lr": 0.1}}, path)
+
+    loaded = load_backbone(path, "resnet18_small")
+    assert not loaded.training
+    torch.testing.assert_close(_features(loaded, images), _features(backbone, images))
+    # A fresh model gives other features, so the comparison above is meaningful.
+    assert not torch.allclose(_features(resnet18_small(), images), _features(backbone, images))
+
+
+def test_export_backbone_roundtrip(tmp_path: Path, images: Tensor) -> None:
+    backbone = _randomize_bn(resnet18_small(stem="cifar"))
+    path = export_backbone(backbone, tmp_path / "nested" / "dir" / "backbone.pt")
+    assert path.is_file()
+    assert all(not k.startswith("backbone.") for k in torch.load(path, weights_only=True))
+    loaded = load_backbone(path, "resnet18_small_cifar")
+    torch.testing.assert_close(_features(loaded, images), _features(backbone, images))
+
+
+def test_export_from_full_state_dict(tmp_path: Path, images: Tensor) -> None:
+    backbone = _randomize_bn(resnet18_small())
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state["projection_head.weight"] = torch.zeros(4, 512)
+    path = export_backbone(state, tmp_path / "bb.pt")
+    torch.testing.assert_close(_features(load_backbone(path), images), _features(backbone, images))
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_plain_state_dict(tmp_path: Path, images: Tensor, with_prefix: bool) -> None:
+    backbone = _randomize_bn(resnet18_small())
+    state = backbone.state_dict()
+    if with_prefix:
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    path = tmp_path / "weights.pth"
+    torch.save(state, path)
+    loaded = load_backbone(path)
+    torch.testing.assert_close(_features(loaded, images), _features(backbone, images))
+
+
+def test_explicit_prefix_and_module_target(tmp_path: Path, images: Tensor) -> None:
+    teacher = _randomize_bn(resnet18_small(), seed=1)
+    student = _randomize_bn(resnet18_small(), seed=2)
+    state = {f"teacher_backbone.{k}": v for k, v in teacher.state_dict().items()}
+    state |= {f"student_backbone.{k}": v for k, v in student.state_dict().items()}
+    path = tmp_path / "dino.ckpt"
+    torch.save({"state_dict": state}, path)
+    target = resnet18_small()
+    loaded = load_backbone(path, target, prefix="teacher_backbone.")
+    assert loaded is target
+    torch.testing.assert_close(_features(loaded, images), _features(teacher, images))
+
+
+def test_other_architecture_lists_unexpected_and_mismatched_keys(tmp_path: Path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ValueError) as info:
+        load_backbone(path, "resnet18_small")
+    message = str(info.value)
+    assert str(path) in message
+    # resnet34 has a third block in layer1 and a classifier that resnet18_small lacks,
+    # and its RGB conv1 does not fit a 1-channel model.
+    assert "layer1.2.conv1.weight" in message and "fc.weight" in message
+    assert "conv1.weight: checkpoint (64, 3, 7, 7) vs model (64, 1, 7, 7)" in message
+
+
+def test_smaller_checkpoint_lists_missing_keys(tmp_path: Path) -> None:
+    path = export_backbone(resnet18_small(in_channels=3), tmp_path / "r18.pt")
+    with pytest.raises(ValueError, match=r"missing keys \d+ \[layer1\.2\.conv1\.weight"):
+        load_backbone(path, "torchvision:resnet34", in_channels=3)
+
+
+def test_non_strict_load_skips_mismatches(tmp_path: Path) -> None:
+    source = _randomize_bn(torchvision.models.resnet34(weights=None))
+    path = tmp_path / "r34.pth"
+    torch.save(source.state_dict(), path)
+    loaded = load_backbone(path, "resnet18_small", strict=False)
+    torch.testing.assert_close(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert loaded.conv1.weight.shape == (64, 1, 7, 7)
+
+
+def test_missing_path_and_bad_contents(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_backbone(missing)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="garbage.ckpt"):
+        load_backbone(garbage)
+    listing = tmp_path / "list.pt"
+    torch.save([torch.ones(1)], listing)
+    with pytest.raises(ValueError, match="list.pt"):
+        load_backbone(listing)
+
+
+def test_torchvision_module_passed_directly(images: Tensor) -> None:
+    model = torchvision.models.resnet34(weights=None, num_classes=7).train()
+    loaded = load_backbone(model)
+    assert loaded is model and not loaded.training
+    assert isinstance(loaded.fc, nn.Identity)
+    assert _features(loaded, images.expand(-1, 3, -1, -1)).shape == (3, 512)
+    kept = load_backbone(torchvision.models.resnet18(weights=None), strip_head=False)
+    assert isinstance(kept.fc, nn.Linear)
+    # A user's own module is left alone even if it has an `fc`.
+    custom = nn.Sequential()
+    custom.fc = nn.Linear(2, 2)
+    assert isinstance(load_backbone(custom).fc, nn.Linear)
+
+
+def test_strip_classifier_keeps_pooling_of_sequential_heads() -> None:
+    model = strip_classifier(torchvision.models.convnext_tiny(weights=None))
+    assert isinstance(model.classifier[-1], nn.Identity)
+    assert isinstance(model.classifier[0], nn.Module) and len(model.classifier) == 3
+    with pytest.raises(ValueError, match="Sequential"):
+        strip_classifier(nn.Sequential(nn.ReLU()))
+
+
+class _TinySimCLR(pl.LightningModule):
+    """The shape of our SimCLR recipe's module: `backbone` plus `projection_head`."""
+
+    def __init__(self, lr: float = 0.05, run_dir: Path = Path("runs")) -> None:
+        super().__init__()
+        # A Path hyperparameter is what a recipe typically saves; it must not break loading.
+        self.save_hyperparameters()
+        self.backbone = resnet18_small()
+        self.projection_head = nn.Linear(512, 16)
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.projection_head(self.backbone(batch[0])).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+
+
+def test_real_lightning_checkpoint(tmp_path: Path, images: Tensor) -> None:
+    pl.seed_everything(0)
+    module = _TinySimCLR(run_dir=tmp_path)
+    initial = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(4, 1, 32, 32)), batch_size=2
+    )
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, loader)
+    path = tmp_path / "simclr.ckpt"
+    trainer.save_checkpoint(path)
+
+    # The training step changed the weights and BN statistics, so loading must pick those up.
+    assert not torch.equal(initial["bn1.running_mean"], module.backbone.bn1.running_mean)
+    loaded = load_backbone(path, "resnet18_small")
+    torch.testing.assert_close(_features(loaded, images), _features(module.backbone, images))
+    exported = export_backbone(loaded, tmp_path / "exported.pt")
+    torch.testing.assert_close(
+        _features(load_backbone(exported), images), _features(module.backbone, images)
+    )
