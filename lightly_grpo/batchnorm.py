@@ -78,7 +78,7 @@ def recompute_batchnorm_stats(
             if max_batches is not None and used >= max_batches:
                 break
     finally:
-        for layer, momentum in zip(layers, momenta):
+        for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
         module.train(was_training)
     if used == 0:

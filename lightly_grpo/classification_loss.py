@@ -30,9 +30,10 @@ from lightly_grpo.rewards import (
 class GRPORMClassificationLoss(nn.Module):
     """GRPO-RM with learnable class prototypes as the output set.
 
-    The policy is ``softmax(<normalize(z), k_c> / temperature)`` over the classes; the correct output
-    is the true class. Like pytorch-metric-learning's proxy losses (ProxyAnchor, ArcFace), the loss
-    owns its proxies, so give its parameters to the optimizer (usually with a larger learning rate).
+    The policy is ``softmax(<normalize(z), k_c> / temperature)`` over the classes; the correct
+    output is the true class. Like pytorch-metric-learning's proxy losses (ProxyAnchor, ArcFace),
+    the loss owns its proxies, so give its parameters to the optimizer (usually with a larger
+    learning rate).
 
     Args:
         num_classes: Number of classes.

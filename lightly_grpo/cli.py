@@ -88,9 +88,7 @@ def _add_pretrain_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]
 def _add_posttrain_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     group = parser.add_argument_group("GRPO-RM post-training")
     group.add_argument("--out", default="runs/grpo", help="run folder (report, checkpoints)")
-    group.add_argument(
-        "--label-fraction", type=float, default=defaults.get("label_fraction", 0.1)
-    )
+    group.add_argument("--label-fraction", type=float, default=defaults.get("label_fraction", 0.1))
     group.add_argument("--epochs", type=int, default=defaults.get("epochs", 20))
     group.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 256))
     group.add_argument("--augment", default="light", choices=("none", "light", "simclr"))

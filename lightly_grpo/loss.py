@@ -23,7 +23,7 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     """Normalises rewards within each group (row): ``(r - mean) / (std + eps)``.
 
     A group whose rewards are all equal carries no signal: its advantages are exactly 0 (never NaN).
-    The standard deviation is the population one (``correction=0``), so a group of any size is valid.
+    The standard deviation is the population one (``correction=0``), so any group size is valid.
 
     Args:
         rewards: Rewards of shape (batch_size, group_size).
@@ -84,12 +84,12 @@ class _GRPOSurrogate(torch.autograd.Function):
     Per query b and output i, with pi = softmax(logits), rho_i = pi_i / pi_old_i and advantages A:
         s_i = min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i)
         loss = -1/B sum_b 1/G sum_i s_i + beta/B sum_b KL(pi_b || pi_ref_b)
-    d s_i / d logit_j = c_i A_i rho_i (delta_ij - pi_j), where c_i = 1 when the unclipped term is the
-    active one, and d KL / d logit_j = pi_j (log pi_j - log pi_ref_j - KL).
+    d s_i / d logit_j = c_i A_i rho_i (delta_ij - pi_j), where c_i = 1 when the unclipped term is
+    the active one, and d KL / d logit_j = pi_j (log pi_j - log pi_ref_j - KL).
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx,
         logits: Tensor,
         advantages: Tensor,
@@ -136,7 +136,7 @@ class _GRPOSurrogate(torch.autograd.Function):
         return loss, log_probs, clip_count, kl
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: Tensor, *_unused: Tensor
     ) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
@@ -166,7 +166,8 @@ class GRPORMLoss(nn.Module):
     Args:
         clip_eps: PPO clip range epsilon (>= 0). Only acts when ``old_logits`` differ from the
             current logits, i.e. with several inner steps on the same batch.
-        beta: Weight of the exact KL(pi_theta || pi_ref) over the group (>= 0); needs ``ref_logits``.
+        beta: Weight of the exact KL(pi_theta || pi_ref) over the group (>= 0); needs
+            ``ref_logits``.
         adv_eps: Added to the group standard deviation when normalising advantages.
 
     Examples:
@@ -249,7 +250,7 @@ class GRPORMLoss(nn.Module):
             if ref_logits is not None and self.beta > 0
             else None
         )
-        return _GRPOSurrogate.apply(  # type: ignore[no-any-return]
+        return _GRPOSurrogate.apply(
             logits, advantages, old_log_probs, ref_log_probs, self.clip_eps, self.beta
         )
 
@@ -296,7 +297,7 @@ class _FusedAccuracyUniformity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx,
         logits: Tensor,
         correct: Tensor,
@@ -321,7 +322,7 @@ class _FusedAccuracyUniformity(torch.autograd.Function):
         return advantages.sum().mul_(-scale), log_probs, rewards
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_loss: Tensor, *_unused: Tensor
     ) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
@@ -361,6 +362,6 @@ def fused_accuracy_uniformity_loss(
     if logits.numel() == 0:
         raise ValueError(f"empty batch or group: logits have shape {tuple(logits.shape)}")
     _check_finite("logits", logits)
-    return _FusedAccuracyUniformity.apply(  # type: ignore[no-any-return]
+    return _FusedAccuracyUniformity.apply(
         logits, correct, float(accuracy_weight), float(uniformity_weight), adv_eps
     )

@@ -357,9 +357,7 @@ def report_models(
             name: (r["test_embeddings"].numpy(), r["test_labels"].numpy())
             for name, r in results.items()
         },
-        retrieval={
-            name: retrieval_examples(r, data, grid_queries) for name, r in results.items()
-        },
+        retrieval={name: retrieval_examples(r, data, grid_queries) for name, r in results.items()},
         class_names=data.class_names or None,
         config=config,
     )
@@ -371,7 +369,7 @@ def history_rows(callback: MetricCallback) -> list[dict[str, float]]:
     series: dict[str, list[float]] = {}
     for source in (callback.train_metrics, callback.val_metrics):
         for name, values in source.items():
-            if name.endswith("_step") or not ("/" in name):
+            if name.endswith("_step") or "/" not in name:
                 continue
             series[name.removesuffix("_epoch")] = values
     epochs = max((len(v) for v in series.values()), default=0)
@@ -521,11 +519,15 @@ def evaluate_checkpoints(
     if len(set(names)) != len(names):
         names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
     target = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if device == "auto"
+        else device
     )
     eval_data = evaluation_data(data, cfg)
     results = {}
-    for name, checkpoint in zip(names, checkpoints):
+    for name, checkpoint in zip(names, checkpoints, strict=True):
         backbone = load_backbone(checkpoint, architecture, in_channels=data.in_channels).to(target)
         results[name] = evaluate_embeddings(
             name, backbone_embed_fn(backbone), eval_data, cfg, target

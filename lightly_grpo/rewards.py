@@ -63,7 +63,7 @@ class SumReward(Reward):
         flat: list[Reward] = []
         for reward in rewards:
             flat.extend(reward.rewards if isinstance(reward, SumReward) else [reward])
-        self.rewards = flat
+        self.rewards: list[Reward] = flat
 
     def compute(self, inputs: RewardInputs) -> Tensor:
         total = self.rewards[0].compute(inputs).clone()
@@ -83,7 +83,8 @@ class AccuracyReward(Reward):
 
     Examples:
         >>> reward = AccuracyReward()
-        >>> inputs = RewardInputs(torch.tensor([[True, False]]), torch.zeros(1, 2), torch.zeros(1, 2))
+        >>> correct = torch.tensor([[True, False]])
+        >>> inputs = RewardInputs(correct, torch.zeros(1, 2), torch.zeros(1, 2))
         >>> reward(inputs)
         tensor([[1., 0.]])
     """

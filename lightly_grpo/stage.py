@@ -130,6 +130,7 @@ class GRPORMStage(pl.LightningModule):
             # pi_ref is the frozen pretrained model with the prototypes it started from.
             self.reference = copy.deepcopy(nn.Sequential(self.backbone, self.head))
             deactivate_requires_grad(self.reference)
+            self.reference_keys: Tensor
             self.register_buffer("reference_keys", self.criterion.prototypes.keys().detach())
 
     # ----------------------------------------------------------------- embedding
@@ -212,6 +213,7 @@ class GRPORMStage(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = split_batch(batch)
         optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
         ref_logits = self._reference_logits(images)
         old_logits: Tensor | None = None
         first_stats: dict[str, Tensor] = {}

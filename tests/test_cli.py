@@ -61,6 +61,8 @@ def test_bad_paths_give_clear_errors(tmp_path: Path) -> None:
 def test_parser_has_the_four_commands() -> None:
     parser = build_parser()
     for command in ("pretrain", "posttrain", "evaluate", "demo"):
-        assert parser.parse_args([command] + (["x.ckpt"] if command in ("posttrain", "evaluate") else []))
+        assert parser.parse_args(
+            [command] + (["x.ckpt"] if command in ("posttrain", "evaluate") else [])
+        )
     demo = parser.parse_args(["demo"])
     assert demo.out == "runs/demo" and demo.pretrain_images is not None

@@ -44,7 +44,7 @@ def test_loss_value_against_hand_computation_with_old_logits_and_kl() -> None:
             rho = pi[i] / pi_old[i]
             clipped = min(max(rho, 1 - eps), 1 + eps)
             surrogate += min(rho * adv[i], clipped * adv[i])
-        kl = sum(p * math.log(p / q) for p, q in zip(pi, pi_ref))
+        kl = sum(p * math.log(p / q) for p, q in zip(pi, pi_ref, strict=True))
         expected += -surrogate / 3 + beta * kl
     expected /= 2
     assert loss.item() == pytest.approx(expected, abs=1e-10)

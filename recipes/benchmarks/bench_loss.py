@@ -98,12 +98,16 @@ def main() -> None:
         timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
         times[name] = timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"batch {args.batch}, classes {args.classes}, dim {args.dim}; median forward+backward")
     print("| case | ms | ratio to cross-entropy |")
     print("|---|---|---|")
     for case, ms in times.items():
-        base = times["with head: cross-entropy" if case.startswith("with") else "loss alone: cross-entropy"]
+        base = times[
+            "with head: cross-entropy" if case.startswith("with") else "loss alone: cross-entropy"
+        ]
         print(f"| {case} | {ms:.3f} | {ms / base:.2f}x |")
 
 
