@@ -14,8 +14,8 @@ from lightly_grpo.loss import (
 from lightly_grpo.output_sets.base import sample_group
 from lightly_grpo.output_sets.class_prototypes import (
     ClassPrototypes,
-    check_embeddings,
-    check_labels,
+    check_batch,
+    check_embedding_shape,
 )
 from lightly_grpo.rewards import (
     AccuracyReward,
@@ -44,6 +44,10 @@ class GRPORMClassificationLoss(nn.Module):
         beta: Weight of the exact KL to the reference policy (needs ``ref_logits``).
         group_size: None enumerates every class; an integer G samples G classes per query without
             replacement from pi_old, always keeping the true class.
+        validate: Check every batch for NaN/inf embeddings and out-of-range labels (one host
+            synchronisation per call); set False in a GPU loop that cannot afford it.
+        compile: ``torch.compile`` the fused reward/advantage/gradient math of the default
+            reward (fewer kernel launches on a GPU; compiles once per batch shape).
 
     Examples:
         >>> criterion = GRPORMClassificationLoss(num_classes=10, embedding_size=128)
@@ -62,6 +66,8 @@ class GRPORMClassificationLoss(nn.Module):
         clip_eps: float = 0.2,
         beta: float = 0.0,
         group_size: int | None = None,
+        validate: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -73,6 +79,8 @@ class GRPORMClassificationLoss(nn.Module):
         self.reward = reward if reward is not None else default_reward()
         self.grpo = GRPORMLoss(clip_eps=clip_eps, beta=beta)
         self.group_size = group_size
+        self.validate = validate
+        self.compile = compile
 
     @property
     def num_classes(self) -> int:
@@ -122,8 +130,9 @@ class GRPORMClassificationLoss(nn.Module):
         ref_logits: Tensor | None,
         with_stats: bool,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_embeddings(embeddings, self.prototypes.embedding_size)
-        check_labels(labels, self.num_classes, embeddings.shape[0])
+        check_embedding_shape(embeddings, self.prototypes.embedding_size)
+        if self.validate:
+            check_batch(embeddings, labels, self.num_classes, self.prototypes.weight)
         group = self.prototypes.group(embeddings, labels)
         logits = group.similarities / self.temperature
         policy_old = logits.detach() if old_logits is None else old_logits.detach()
@@ -172,8 +181,15 @@ class GRPORMClassificationLoss(nn.Module):
         weights: tuple[float, float],
         accuracy: Tensor | None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        # Finite embeddings and prototypes (checked above) give finite logits: no second sync.
         loss, log_probs, rewards = fused_accuracy_uniformity_loss(
-            logits, correct, weights[0], weights[1], self.grpo.adv_eps
+            logits,
+            correct,
+            weights[0],
+            weights[1],
+            self.grpo.adv_eps,
+            validate=False,
+            compile=self.compile,
         )
         if accuracy is None:
             return loss, {}

@@ -104,6 +104,9 @@ def _add_posttrain_args(parser: argparse.ArgumentParser, defaults: dict[str, Any
     group.add_argument("--lr-prototypes", type=float, default=1e-3)
     group.add_argument("--weight-decay", type=float, default=1e-2)
     group.add_argument("--batchnorm", default="freeze", choices=("freeze", "train", "recompute"))
+    group.add_argument(
+        "--compile-loss", action="store_true", help="torch.compile the loss's fused math"
+    )
 
 
 def _data(args: argparse.Namespace) -> DataConfig:

@@ -124,6 +124,7 @@ class PosttrainConfig:
     lr_prototypes: float = 1e-3
     weight_decay: float = 1e-2
     batchnorm: str = "freeze"
+    compile_loss: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -398,6 +399,7 @@ def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> 
         lr_prototypes=cfg.lr_prototypes,
         weight_decay=cfg.weight_decay,
         batchnorm=cfg.batchnorm,
+        compile_loss=cfg.compile_loss,
     )
 
 

@@ -77,4 +77,7 @@ class SimCLRModule(pl.LightningModule):
         scheduler = CosineWarmupScheduler(
             optimizer, warmup_epochs=min(self.hparams["warmup_steps"], total), max_epochs=total
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from lightly_grpo.batchnorm import freeze_batchnorm_stats, recompute_batchnorm_stats
 from lightly_grpo.classification_loss import GRPORMClassificationLoss
-from lightly_grpo.output_sets.class_prototypes import check_embeddings
 from lightly_grpo.rewards import Reward
 
 BATCHNORM_MODES = ("freeze", "train", "recompute")
@@ -75,6 +74,7 @@ class GRPORMStage(pl.LightningModule):
         batchnorm: "freeze", "train" or "recompute".
         warmup_steps: Linear warmup steps of the cosine learning-rate schedule.
         lr_schedule: "cosine" or "constant".
+        compile_loss: ``torch.compile`` the loss's fused math (fewer GPU kernel launches).
 
     Examples:
         >>> from lightly_grpo.backbones import resnet18_small
@@ -101,6 +101,7 @@ class GRPORMStage(pl.LightningModule):
         batchnorm: str = "freeze",
         warmup_steps: int = 0,
         lr_schedule: str = "cosine",
+        compile_loss: bool = False,
     ) -> None:
         super().__init__()
         if batchnorm not in BATCHNORM_MODES:
@@ -124,6 +125,7 @@ class GRPORMStage(pl.LightningModule):
             clip_eps=clip_eps,
             beta=beta,
             group_size=group_size,
+            compile=compile_loss,
         )
         self.reference: nn.Module | None = None
         if beta > 0:
@@ -220,8 +222,7 @@ class GRPORMStage(pl.LightningModule):
         clip_fractions = []
         loss = images.new_zeros(())
         for step in range(self.hparams["inner_steps"]):
-            embeddings = self(images)
-            check_embeddings(embeddings)
+            embeddings = self(images)  # validated (NaN/inf, labels) inside the criterion
             if self.hparams["inner_steps"] > 1 and old_logits is None:
                 old_logits = self.criterion.logits(embeddings).detach()
             loss, stats = self.criterion.forward_with_stats(

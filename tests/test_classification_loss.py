@@ -119,3 +119,31 @@ def test_fused_default_path_equals_general_loss(uniformity: float) -> None:
     assert torch.allclose(fused_rewards, rewards)
     assert torch.allclose(fused, general, atol=1e-12)
     assert torch.equal(fused[0], torch.zeros(7, dtype=torch.float64))
+
+
+def test_nan_prototypes_and_validation_switch() -> None:
+    criterion = GRPORMClassificationLoss(num_classes=3, embedding_size=2)
+    with torch.no_grad():
+        criterion.prototypes.weight[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="prototypes contain NaN"):
+        criterion(torch.randn(2, 2), torch.tensor([0, 1]))
+    unchecked = GRPORMClassificationLoss(num_classes=3, embedding_size=2, validate=False)
+    # without validation, out-of-range labels are not looked for (no host sync) ...
+    assert unchecked.validate is False
+    # ... but shape errors are still caught on the host
+    with pytest.raises(ValueError, match="dimension 4, expected 2"):
+        unchecked(torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_compiled_fused_path_matches_eager() -> None:
+    from lightly_grpo.loss import fused_accuracy_uniformity_loss
+
+    torch.manual_seed(6)
+    logits = torch.randn(8, 5, requires_grad=True)
+    correct = F.one_hot(torch.randint(0, 5, (8,)), 5).bool()
+    eager_loss, _, eager_rewards = fused_accuracy_uniformity_loss(logits, correct)
+    (eager,) = torch.autograd.grad(eager_loss, logits)
+    loss, _, rewards = fused_accuracy_uniformity_loss(logits, correct, compile=True)
+    (compiled,) = torch.autograd.grad(loss, logits)
+    assert torch.allclose(rewards, eager_rewards, atol=1e-6)
+    assert torch.allclose(compiled, eager, atol=1e-7)

@@ -27,6 +27,53 @@ def check_labels(labels: Tensor, num_classes: int, batch_size: int | None = None
         )
 
 
+def check_batch(
+    embeddings: Tensor, labels: Tensor, num_classes: int, keys: Tensor | None = None
+) -> None:
+    """Validates a labeled batch with a single host synchronisation (cheap on a GPU).
+
+    Shapes and dtypes are checked on the host; NaN/inf in the embeddings or keys and labels
+    outside [0, num_classes) are folded into one flag, and only when it is set are the detailed
+    checks run to name the offending values.
+    """
+    check_embedding_shape(embeddings, None)
+    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        check_labels(labels, num_classes, embeddings.shape[0])
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    sums = [embeddings.detach().sum().float()]
+    if keys is not None:
+        sums.append(keys.detach().sum().float())
+    flags = torch.stack(
+        [
+            ~torch.isfinite(torch.stack(sums)).all(),
+            (labels.min() < 0) | (labels.max() >= num_classes),
+        ]
+    )
+    if bool(flags.any()):
+        check_embeddings(embeddings)
+        if keys is not None and not bool(torch.isfinite(keys).all()):
+            raise ValueError(
+                f"the prototypes contain NaN or inf values (shape {tuple(keys.shape)}): "
+                "the previous optimizer step diverged"
+            )
+        check_labels(labels, num_classes, embeddings.shape[0])
+
+
+def check_embedding_shape(embeddings: Tensor, embedding_size: int | None = None) -> None:
+    """Raises ValueError for a non-2-D, empty or wrongly sized embedding batch (no sync)."""
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"embeddings must have shape (batch_size, dim), got {tuple(embeddings.shape)}"
+        )
+    if embeddings.shape[0] == 0:
+        raise ValueError(f"empty batch: embeddings have shape {tuple(embeddings.shape)}")
+    if embedding_size is not None and embeddings.shape[1] != embedding_size:
+        raise ValueError(
+            f"embeddings have dimension {embeddings.shape[1]}, expected {embedding_size}"
+        )
+
+
 def check_embeddings(embeddings: Tensor, embedding_size: int | None = None) -> None:
     """Raises ValueError for a non-2-D, empty, wrongly sized or non-finite embedding batch."""
     if embeddings.dim() != 2:

@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile case")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -61,6 +62,18 @@ def main() -> None:
 
     def grpo_with_head() -> None:
         criterion(embeddings, labels).backward()
+
+    fast = GRPORMClassificationLoss(args.classes, args.dim, validate=False).to(device)
+    fast.load_state_dict(criterion.state_dict())
+    compiled = GRPORMClassificationLoss(args.classes, args.dim, validate=False, compile=True)
+    compiled = compiled.to(device)
+    compiled.load_state_dict(criterion.state_dict())
+
+    def grpo_no_validation() -> None:
+        fast(embeddings, labels).backward()
+
+    def grpo_compiled() -> None:
+        compiled(embeddings, labels).backward()
 
     def autograd_with_head() -> None:
         autograd_grpo(criterion.logits(embeddings), labels).backward()
@@ -85,12 +98,16 @@ def main() -> None:
     cases = {
         "with head: cross-entropy": ce_with_head,
         "with head: GRPORMClassificationLoss": grpo_with_head,
+        "with head: GRPORMClassificationLoss(validate=False)": grpo_no_validation,
+        "with head: GRPORMClassificationLoss(validate=False, compile=True)": grpo_compiled,
         "with head: GRPO-RM plain autograd": autograd_with_head,
         "loss alone: cross-entropy": ce_alone,
         "loss alone: GRPORMLoss (+ rewards)": grpo_alone,
         "loss alone: fused accuracy + uniformity": fused_alone,
         "loss alone: GRPO-RM plain autograd": autograd_alone,
     }
+    if args.no_compile:
+        del cases["with head: GRPORMClassificationLoss(validate=False, compile=True)"]
     times = {}
     for name, fn in cases.items():
         for _ in range(3):  # warm-up (allocator, cuBLAS handles)

@@ -45,9 +45,10 @@ def main() -> None:
     images = torch.randn(args.batch, 1, args.size, args.size, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
     results = {}
-    for name in ("cross-entropy", "GRPO-RM"):
+    for name in ("cross-entropy", "GRPO-RM", "GRPO-RM compiled"):
         backbone = build_backbone("resnet18_small", 1).to(device)
-        criterion = GRPORMClassificationLoss(args.classes, 512).to(device)
+        compiled = name.endswith("compiled")
+        criterion = GRPORMClassificationLoss(args.classes, 512, compile=compiled).to(device)
         params = list(backbone.parameters()) + list(criterion.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-4)
 
@@ -58,7 +59,7 @@ def main() -> None:
             optimizer: torch.optim.Optimizer = optimizer,
         ) -> None:
             embeddings = backbone(images)
-            if name == "GRPO-RM":
+            if name.startswith("GRPO-RM"):
                 loss = criterion(embeddings, labels)
             else:
                 loss = F.cross_entropy(criterion.logits(embeddings), labels)

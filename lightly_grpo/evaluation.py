@@ -1,0 +1,527 @@
+"""Retrieval and kNN metrics over embeddings, exact and memory-bounded at any size.
+
+:class:`RetrievalEvaluator` computes, from one exact chunked search through
+:mod:`lightly_grpo.index`:
+
+- P@1, R-precision, MAP@R and MAP with the definitions of pytorch-metric-learning's
+  ``AccuracyCalculator(k="max_bin_count")`` (Musgrave et al., 2020): R is the number of
+  reference items with the query's label (minus the query itself in leave-one-out); the ranking
+  is cut at ``max_bin_count``, the largest R among the query labels, so MAP is "MAP over the
+  first max_bin_count results"; queries whose label has no other reference item ("lone" queries)
+  are left out of these metrics, as ``AccuracyCalculator`` does.
+- Recall@K: the share of (non-lone) queries with at least one same-label item among their top
+  K, the metric-learning "Recall@K" (so Recall@1 equals P@1).
+- kNN top-1/top-5: cosine-weighted vote over the k nearest references with weights
+  ``exp(sim / T)``, computed with the same operations as lightly's ``knn_predict`` (so ties in
+  the vote resolve the same way); the average is over all queries, as lightly does.
+- NMI/AMI between the labels and a spherical k-means clustering of the queries.
+
+Embeddings are L2-normalised inside (cosine similarity). Without a reference set the evaluation
+is leave-one-out within the queries: each query is removed from its own results.
+
+Memory: the search and every metric are computed chunk by chunk; only per-query values and the
+top neighbours (for a retrieval grid) are kept, so memory grows with Q, not with Q x N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+from torch import Tensor
+
+from lightly_grpo.index import (
+    ArrayLike,
+    check_finite,
+    iter_knn_search,
+    knn_search,
+    resolve_backend,
+    spherical_kmeans,
+)
+
+#: Named kNN protocols: name -> (k, temperature).
+KNN_PROTOCOLS: dict[str, tuple[int, float]] = {"dino": (20, 0.07), "lightly": (200, 0.1)}
+
+RETRIEVAL_METRICS = (
+    "precision_at_1",
+    "r_precision",
+    "mean_average_precision_at_r",
+    "mean_average_precision",
+)
+# Bytes one kNN vote sub-batch (B x k x C float32, twice) may use.
+_VOTE_MEMORY_BYTES = 64 * 2**20
+
+
+@dataclass
+class RetrievalResult:
+    """What :meth:`RetrievalEvaluator.evaluate` returns.
+
+    Attributes:
+        metrics: Flat metric name -> value.
+        per_class: Metric name -> {label: value} for P@1, R-precision, MAP@R and the kNN top-1
+            of the first protocol.
+        neighbors: (Q, n) int64 indices of each query's top reference items, best first.
+        neighbor_labels: (Q, n) labels of those items.
+        neighbor_similarities: (Q, n) cosine similarities of those items.
+        info: Sizes and settings of the evaluation (for reports).
+
+    Examples:
+        >>> x = torch.randn(200, 16)
+        >>> result = RetrievalEvaluator(knn_protocols=("dino",)).evaluate(x, torch.arange(200) % 4)
+        >>> sorted(result.to_dict())
+        ['info', 'metrics', 'per_class']
+    """
+
+    metrics: dict[str, float]
+    per_class: dict[str, dict[int, float]]
+    neighbors: Tensor
+    neighbor_labels: Tensor
+    neighbor_similarities: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, include_neighbors: bool = False) -> dict[str, Any]:
+        """JSON-serialisable form (class labels become string keys).
+
+        Args:
+            include_neighbors: Also include the neighbour indices, labels and similarities.
+        """
+        out: dict[str, Any] = {
+            "metrics": dict(self.metrics),
+            "per_class": {
+                name: {str(label): value for label, value in values.items()}
+                for name, values in self.per_class.items()
+            },
+            "info": dict(self.info),
+        }
+        if include_neighbors:
+            out["neighbors"] = self.neighbors.tolist()
+            out["neighbor_labels"] = self.neighbor_labels.tolist()
+            out["neighbor_similarities"] = self.neighbor_similarities.tolist()
+        return out
+
+
+def _as_embeddings(x: ArrayLike, name: str) -> Tensor:
+    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (items, dim), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"empty set: {name} has shape {tuple(t.shape)}")
+    t = t.detach().to(torch.float32)
+    check_finite(t, name)
+    return F.normalize(t, dim=1)
+
+
+def _as_labels(
+    y: ArrayLike | Sequence[int], num_rows: int, name: str, device: torch.device
+) -> Tensor:
+    t = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y.detach()
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if len(t) != num_rows:
+        raise ValueError(f"{name} has {len(t)} entries but the embeddings have {num_rows} rows")
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()) or not torch.equal(t, t.round()):
+            raise ValueError(f"{name} must hold integer class labels, got non-integer values")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold integer class labels, got dtype {t.dtype}")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _protocol(spec: str | tuple[int, float]) -> tuple[str, int, float]:
+    if isinstance(spec, str):
+        if spec not in KNN_PROTOCOLS:
+            raise ValueError(
+                f"unknown kNN protocol {spec!r}; use one of {sorted(KNN_PROTOCOLS)} or a "
+                "(k, T) tuple"
+            )
+        k, t = KNN_PROTOCOLS[spec]
+        return spec, k, t
+    if (
+        not isinstance(spec, (tuple, list))
+        or len(spec) != 2
+        or isinstance(spec[0], bool)
+        or not isinstance(spec[0], int)
+        or spec[0] < 1
+        or not isinstance(spec[1], (int, float))
+        or not spec[1] > 0
+    ):
+        raise ValueError(f"a kNN protocol must be a name or a (k >= 1, T > 0) tuple, got {spec!r}")
+    k, t = int(spec[0]), float(spec[1])
+    return f"k{k}_t{t:g}", k, t
+
+
+def knn_vote(similarities: Tensor, labels: Tensor, num_classes: int, temperature: float) -> Tensor:
+    """Weighted kNN vote with the operations of lightly's ``knn_predict``.
+
+    Args:
+        similarities: (B, k) similarities of each query's k nearest neighbours.
+        labels: (B, k) int64 class indices (0..num_classes-1) of those neighbours.
+        num_classes: Number of classes C.
+        temperature: T in the weights ``exp(sim / T)``.
+
+    Returns:
+        (B, C) class indices sorted by summed weight, best first (``knn_predict``'s output).
+
+    Examples:
+        >>> knn_vote(torch.tensor([[0.9, 0.5]]), torch.tensor([[1, 0]]), 2, 0.1)[:, 0]
+        tensor([1])
+    """
+    b, k = similarities.shape
+    # Same ops as lightly.utils.benchmarking.knn_predict after its topk, so scores and the
+    # argsort tie order are identical.
+    sim_weight = (similarities / temperature).exp()
+    one_hot = torch.zeros(b * k, num_classes, device=labels.device)
+    one_hot = one_hot.scatter(dim=-1, index=labels.reshape(-1, 1), value=1.0)
+    pred_scores = torch.sum(one_hot.view(b, -1, num_classes) * sim_weight.unsqueeze(dim=-1), dim=1)
+    return pred_scores.argsort(dim=-1, descending=True)
+
+
+class RetrievalEvaluator:
+    """Retrieval, kNN and clustering metrics for labelled embeddings (no Lightning needed).
+
+    Args:
+        recall_at: K values of Recall@K.
+        knn_protocols: kNN protocols: names from :data:`KNN_PROTOCOLS` (``"dino"``: k=20,
+            T=0.07; ``"lightly"``: k=200, T=0.1) or ``(k, T)`` tuples.
+        backend: Search backend of :mod:`lightly_grpo.index` (``"auto"``, ``"faiss"``,
+            ``"faiss-gpu"``, ``"torch"``).
+        chunk_size: Queries per search chunk; ``None`` picks it from a memory budget.
+        nmi: Compute NMI/AMI from spherical k-means on the queries.
+        num_clusters: Clusters for NMI/AMI; ``None`` uses the number of query labels.
+        seed: Seed of the k-means initialisation.
+        per_class: Fill :attr:`RetrievalResult.per_class`.
+        retrieval: Compute P@1, R-precision, MAP@R, MAP and Recall@K (these need a search as
+            deep as the largest class); ``False`` leaves only kNN (and NMI/AMI).
+        num_neighbors: Top neighbours kept per query for a retrieval grid.
+
+    Examples:
+        >>> x = torch.randn(300, 32)
+        >>> labels = torch.arange(300) % 3
+        >>> result = RetrievalEvaluator().evaluate(x[:100], labels[:100], x[100:], labels[100:])
+        >>> 0.0 <= result.metrics["mean_average_precision_at_r"] <= 1.0
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        recall_at: Sequence[int] = (1, 2, 4, 8),
+        knn_protocols: Sequence[str | tuple[int, float]] = ("dino", "lightly"),
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        nmi: bool = True,
+        num_clusters: int | None = None,
+        seed: int = 0,
+        per_class: bool = True,
+        retrieval: bool = True,
+        num_neighbors: int = 8,
+    ) -> None:
+        for k in recall_at:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"recall_at values must be integers >= 1, got {list(recall_at)}")
+        if num_clusters is not None and num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1 or None, got {num_clusters}")
+        if num_neighbors < 1:
+            raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
+        resolve_backend(backend)  # Fail early on an unknown or unavailable backend.
+        self.recall_at = tuple(sorted(set(recall_at)))
+        self.protocols = [_protocol(p) for p in knn_protocols]
+        self.knn_protocols = tuple(knn_protocols)
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.nmi = nmi
+        self.num_clusters = num_clusters
+        self.seed = seed
+        self.per_class = per_class
+        self.retrieval = retrieval
+        self.num_neighbors = num_neighbors
+
+    def evaluate(
+        self,
+        query_embeddings: ArrayLike,
+        query_labels: ArrayLike | Sequence[int],
+        reference_embeddings: ArrayLike | None = None,
+        reference_labels: ArrayLike | Sequence[int] | None = None,
+    ) -> RetrievalResult:
+        """Evaluates queries against references, or leave-one-out within the queries.
+
+        Args:
+            query_embeddings: (Q, D) embeddings (tensor or numpy array, any device).
+            query_labels: (Q,) integer labels.
+            reference_embeddings: (N, D) gallery embeddings; ``None`` for leave-one-out.
+            reference_labels: (N,) gallery labels; given exactly when the gallery is.
+
+        Returns:
+            A :class:`RetrievalResult`.
+
+        Raises:
+            ValueError: On an empty query set, differing dimensions, labels of the wrong
+                length, NaN/inf embeddings, a K (Recall@K or kNN k) larger than the reference
+                set, or no query label present among the references.
+        """
+        query = _as_embeddings(query_embeddings, "query_embeddings")
+        device = query.device
+        q_labels = _as_labels(query_labels, len(query), "query_labels", device)
+        if (reference_embeddings is None) != (reference_labels is None):
+            raise ValueError(
+                "give reference_embeddings and reference_labels together (or neither for "
+                "leave-one-out)"
+            )
+        leave_one_out = reference_embeddings is None
+        if leave_one_out:
+            reference, r_labels = query, q_labels
+        else:
+            assert reference_embeddings is not None and reference_labels is not None
+            reference = _as_embeddings(reference_embeddings, "reference_embeddings")
+            if reference.shape[1] != query.shape[1]:
+                raise ValueError(
+                    "query and reference embeddings differ in dimension: "
+                    f"{tuple(query.shape)} vs {tuple(reference.shape)}"
+                )
+            reference = reference.to(device)
+            r_labels = _as_labels(reference_labels, len(reference), "reference_labels", device)
+
+        num_q, num_r = len(query), len(reference)
+        self_count = int(leave_one_out)
+        available = num_r - self_count
+        if available < 1:
+            raise ValueError(
+                f"leave-one-out needs at least 2 queries, got query_embeddings of shape "
+                f"{tuple(query.shape)}"
+            )
+        for k in self.recall_at if self.retrieval else ():
+            if k > available:
+                raise ValueError(
+                    f"Recall@{k} needs at least {k} reference items, but there are {available} "
+                    f"({num_r} references{' minus the query itself' if leave_one_out else ''})"
+                )
+        for name, k, _ in self.protocols:
+            if k > available:
+                raise ValueError(
+                    f"kNN protocol {name!r} uses k={k} but there are only {available} reference "
+                    f"items ({num_r}{' minus the query itself' if leave_one_out else ''}); "
+                    "pass a smaller (k, T) protocol"
+                )
+
+        # Contiguous class ids over query and reference labels (knn_predict's class indices).
+        all_labels = q_labels if leave_one_out else torch.cat([q_labels, r_labels])
+        classes, inverse = torch.unique(all_labels, return_inverse=True)
+        num_classes = len(classes)
+        q_ids = inverse[:num_q]
+        r_ids = q_ids if leave_one_out else inverse[num_q:]
+        ref_counts = torch.bincount(r_ids, minlength=num_classes)
+        relevant = ref_counts[q_ids] - self_count  # R per query.
+        not_lone = relevant > 0
+        max_bin = int(relevant.max())  # AccuracyCalculator's k="max_bin_count" (minus self).
+        if self.retrieval and max_bin < 1:
+            raise ValueError(
+                "no query has another reference item with its label, so retrieval metrics are "
+                f"undefined (query labels {classes[q_ids.unique()].tolist()[:10]}...); use "
+                "retrieval=False for kNN only"
+            )
+
+        n_show = min(self.num_neighbors, available)
+        search_k = max([n_show] + [k for _, k, _ in self.protocols])
+        if self.retrieval:
+            search_k = max([search_k, max_bin] + list(self.recall_at))
+
+        per_query: dict[str, Tensor] = {}
+        names = list(RETRIEVAL_METRICS) + [f"recall_at_{k}" for k in self.recall_at]
+        if self.retrieval:
+            for name in names:
+                per_query[name] = torch.zeros(num_q, dtype=torch.float64)
+        for name, _, _ in self.protocols:
+            per_query[f"knn_top1_{name}"] = torch.zeros(num_q, dtype=torch.float64)
+            per_query[f"knn_top5_{name}"] = torch.zeros(num_q, dtype=torch.float64)
+        neighbors = torch.empty(num_q, n_show, dtype=torch.int64)
+        neighbor_sims = torch.empty(num_q, n_show, dtype=torch.float32)
+
+        r_ids_small = r_ids.to(torch.int32)
+        ranks = torch.arange(1, max(max_bin, 1) + 1, device=device, dtype=torch.float64)
+        resolved = resolve_backend(self.backend, device)
+        for start, sims, idx in iter_knn_search(
+            query,
+            reference,
+            search_k,
+            metric="ip",
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            exclude_self=leave_one_out,
+            extra_bytes_per_query=80 * search_k,
+        ):
+            stop = start + len(idx)
+            q_chunk = q_ids[start:stop].to(torch.int32)
+            nb_ids = r_ids_small[idx]
+            neighbors[start:stop] = idx[:, :n_show].cpu()
+            neighbor_sims[start:stop] = sims[:, :n_show].cpu()
+            if self.retrieval:
+                chunk_values = self._retrieval_chunk(
+                    nb_ids, q_chunk, relevant[start:stop], max_bin, ranks
+                )
+                for name, chunk_value in chunk_values.items():
+                    per_query[name][start:stop] = chunk_value.cpu()
+            for name, k, temperature in self.protocols:
+                top1, top5 = self._knn_chunk(
+                    sims[:, :k], nb_ids[:, :k].long(), q_chunk.long(), num_classes, temperature
+                )
+                per_query[f"knn_top1_{name}"][start:stop] = top1.cpu()
+                per_query[f"knn_top5_{name}"][start:stop] = top5.cpu()
+
+        not_lone_cpu = not_lone.cpu()
+        metrics: dict[str, float] = {}
+        for name, values in per_query.items():
+            subset = values if name.startswith("knn_") else values[not_lone_cpu]
+            metrics[name] = float(subset.mean())
+
+        per_class: dict[str, dict[int, float]] = {}
+        if self.per_class:
+            class_names = [int(c) for c in classes.cpu().tolist()]
+            q_ids_cpu = q_ids.cpu()
+            keys = list(RETRIEVAL_METRICS[:3]) if self.retrieval else []
+            if self.protocols:
+                keys.append(f"knn_top1_{self.protocols[0][0]}")
+            for key in keys:
+                mask = (
+                    torch.ones(num_q, dtype=torch.bool) if key.startswith("knn_") else not_lone_cpu
+                )
+                ids = q_ids_cpu[mask]
+                sums = torch.bincount(ids, weights=per_query[key][mask], minlength=num_classes)
+                counts = torch.bincount(ids, minlength=num_classes)
+                per_class[key] = {
+                    class_names[c]: float(sums[c] / counts[c])
+                    for c in range(num_classes)
+                    if counts[c] > 0
+                }
+
+        if self.nmi:
+            num_query_classes = len(q_ids.unique())
+            clusters = self.num_clusters or num_query_classes
+            if clusters > num_q:
+                raise ValueError(f"num_clusters={clusters} exceeds the number of queries {num_q}")
+            _, assignments = spherical_kmeans(query, clusters, seed=self.seed, backend=self.backend)
+            labels_np = q_labels.cpu().numpy()
+            assign_np = assignments.cpu().numpy()
+            metrics["nmi"] = float(normalized_mutual_info_score(labels_np, assign_np))
+            metrics["ami"] = float(adjusted_mutual_info_score(labels_np, assign_np))
+
+        for name, value in metrics.items():
+            if not math.isfinite(value):  # Guarded above; never hand back NaN silently.
+                raise RuntimeError(f"metric {name} is not finite ({value})")
+
+        classes_cpu = classes.cpu()
+        info: dict[str, Any] = {
+            "num_queries": num_q,
+            "num_references": num_r,
+            "leave_one_out": leave_one_out,
+            "num_classes": num_classes,
+            "num_lone_queries": int((~not_lone).sum()),
+            "max_bin_count": max_bin,
+            "search_k": search_k,
+            "backend": resolved,
+            "recall_at": list(self.recall_at) if self.retrieval else [],
+            "knn_protocols": {name: [k, t] for name, k, t in self.protocols},
+        }
+        return RetrievalResult(
+            metrics=metrics,
+            per_class=per_class,
+            neighbors=neighbors,
+            neighbor_labels=classes_cpu[r_ids.cpu()[neighbors]],
+            neighbor_similarities=neighbor_sims,
+            info=info,
+        )
+
+    def _retrieval_chunk(
+        self, nb_ids: Tensor, q_ids: Tensor, relevant: Tensor, max_bin: int, ranks: Tensor
+    ) -> dict[str, Tensor]:
+        same = nb_ids == q_ids[:, None]
+        out = {f"recall_at_{k}": same[:, :k].any(dim=1).double() for k in self.recall_at}
+        out["precision_at_1"] = same[:, 0].double()
+        r = relevant.clamp_min(1).double()  # Lone queries are dropped later; avoid 0/0.
+        same = same[:, :max_bin]
+        # AccuracyCalculator's relevance mask: only the first R results count for R-precision
+        # and MAP@R; MAP counts every hit among the first max_bin_count results.
+        in_r = torch.arange(1, max_bin + 1, device=same.device)[None, :] <= relevant[:, None]
+        hits_r = same & in_r
+        out["r_precision"] = hits_r.sum(dim=1).double() / r
+        precision = hits_r.cumsum(dim=1).double().div_(ranks).mul_(hits_r)
+        out["mean_average_precision_at_r"] = precision.sum(dim=1) / r
+        precision = same.cumsum(dim=1).double().div_(ranks).mul_(same)
+        out["mean_average_precision"] = precision.sum(dim=1) / r
+        return out
+
+    @staticmethod
+    def _knn_chunk(
+        sims: Tensor, labels: Tensor, targets: Tensor, num_classes: int, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        b, k = sims.shape
+        step = max(1, _VOTE_MEMORY_BYTES // (8 * k * num_classes))
+        top1, top5 = [], []
+        for s in range(0, b, step):
+            pred = knn_vote(sims[s : s + step], labels[s : s + step], num_classes, temperature)
+            target = targets[s : s + step, None]
+            top1.append((pred[:, :1] == target).any(dim=1).double())
+            top5.append((pred[:, :5] == target).any(dim=1).double())
+        return torch.cat(top1), torch.cat(top5)
+
+
+class IndexKNN:
+    """A ``knn_func`` for pytorch-metric-learning's ``AccuracyCalculator`` on our index layer.
+
+    Called as ``knn_func(query, k, reference, ref_includes_query)`` and returns
+    ``(distances, indices)`` like pytorch-metric-learning's ``FaissKNN``: with
+    ``ref_includes_query`` query i is reference i and is removed from its own results.
+    Works without FAISS (``backend="torch"``) and on any size (chunked search).
+
+    Args:
+        backend: Search backend (``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"torch"``).
+        chunk_size: Queries per chunk; ``None`` picks it from a memory budget.
+        metric: ``"l2"`` (squared distances, as ``FaissKNN``'s default ``IndexFlatL2``) or
+            ``"ip"`` (similarities).
+    """
+
+    def __init__(self, backend: str = "auto", chunk_size: int | None = None, metric: str = "l2"):
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+        resolve_backend(backend)
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.metric = metric
+
+    def __call__(
+        self,
+        query: Tensor,
+        k: int,
+        reference: Tensor | None = None,
+        ref_includes_query: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        ref = query if reference is None else reference
+        values, indices = knn_search(
+            query,
+            ref,
+            int(k),
+            metric="ip" if self.metric == "ip" else "l2",
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            exclude_self=ref_includes_query,
+        )
+        return values.to(query.device), indices.to(query.device)
+
+
+def make_knn_func(
+    backend: str = "auto", chunk_size: int | None = None, metric: str = "l2"
+) -> IndexKNN:
+    """A ``knn_func`` for ``AccuracyCalculator`` that runs on :func:`lightly_grpo.index.knn_search`.
+
+    Examples:
+        >>> from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+        >>> calc = AccuracyCalculator(knn_func=make_knn_func(backend="torch"), k="max_bin_count")
+    """
+    return IndexKNN(backend=backend, chunk_size=chunk_size, metric=metric)

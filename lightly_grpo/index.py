@@ -1,0 +1,500 @@
+"""Exact k-nearest-neighbour search and spherical k-means over embeddings.
+
+One small layer that the evaluation, the output sets and the benchmarks share. The backend is
+chosen at run time:
+
+- ``"faiss-gpu"``: FAISS on a GPU, used when FAISS is importable, ``faiss.get_num_gpus() > 0``
+  and the data lives on CUDA. FAISS GPU search is limited to ``k <= 2048``; a larger ``k`` runs
+  the chunked torch search on the same device instead (never a crash: ``faiss.knn_gpu`` aborts
+  the process on a machine without a usable GPU, so GPU functions are only called after
+  ``get_num_gpus()`` said there is one).
+- ``"faiss"``: FAISS on the CPU (``faiss-cpu`` or the CPU indexes of ``faiss-gpu``).
+- ``"torch"``: exact chunked ``mm`` + ``topk`` on the data's device; used when FAISS is not
+  installed or when asked for.
+
+All backends are exact and memory-bounded: queries are processed in chunks, so Q queries against
+N references never materialise a Q x N matrix (FAISS blocks its own search internally; the torch
+path holds one ``chunk x N`` block). Results are sorted best first. Among equal scores the lowest
+reference indices are kept and listed in ascending order, on every backend: this is what FAISS's
+L2 search (and so pytorch-metric-learning's default ``FaissKNN``) returns, which makes
+leave-one-out metrics on duplicated embeddings reproducible across backends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+faiss: Any
+try:  # faiss-cpu and faiss-gpu are two extras of this package; either one imports as `faiss`.
+    import faiss
+except ImportError:  # pragma: no cover - exercised only where FAISS is not installed
+    faiss = None
+
+Metric = Literal["ip", "l2"]
+ArrayLike = Tensor | np.ndarray
+
+BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
+FAISS_GPU_MAX_K = 2048
+# Working memory one search chunk may use (similarity block, results, caller's per-chunk work).
+DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
+_MAX_CHUNK_SIZE = 8192
+
+_gpu_resources: Any = None
+
+
+def faiss_num_gpus() -> int:
+    """Number of GPUs FAISS can use (0 without FAISS or with a CPU-only build)."""
+    if faiss is None or not hasattr(faiss, "get_num_gpus"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, fastest first.
+
+    Examples:
+        >>> "torch" in available_backends()
+        True
+    """
+    backends = []
+    if faiss_num_gpus() > 0:
+        backends.append("faiss-gpu")
+    if faiss is not None:
+        backends.append("faiss")
+    backends.append("torch")
+    return backends
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
+    """Turns a backend request into the backend that will run.
+
+    Args:
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``.
+        device: Device of the data. FAISS runs on the GPU only for CUDA data.
+
+    Returns:
+        ``"faiss-gpu"``, ``"faiss"`` or ``"torch"``.
+
+    Raises:
+        ValueError: If the backend is unknown or not available here.
+
+    Examples:
+        >>> resolve_backend("torch")
+        'torch'
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if backend == "torch":
+        return "torch"
+    if faiss is None:
+        if backend == "auto":
+            return "torch"
+        raise ValueError(
+            f"backend={backend!r} needs FAISS, which is not installed; install the "
+            "'faiss-cpu' or 'faiss-gpu' extra or use backend='torch'"
+        )
+    gpu_ok = on_cuda and faiss_num_gpus() > 0
+    if backend == "faiss-gpu":
+        if not gpu_ok:
+            raise ValueError(
+                "backend='faiss-gpu' needs CUDA data and a FAISS GPU build with a GPU "
+                f"(device={device}, faiss.get_num_gpus()={faiss_num_gpus()})"
+            )
+        return "faiss-gpu"
+    return "faiss-gpu" if gpu_ok else "faiss"
+
+
+def _as_float_tensor(x: ArrayLike, name: str) -> Tensor:
+    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (items, dim), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.float()
+    return t.detach().to(torch.float32).contiguous()
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raises a ValueError naming the first non-finite row of ``x``."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.reshape(len(x), -1).any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{name} contains NaN or inf in {len(rows)} row(s), first at row {int(rows[0])}"
+        )
+
+
+def _validate(
+    queries: ArrayLike, references: ArrayLike, k: int, exclude_self: bool, metric: str
+) -> tuple[Tensor, Tensor]:
+    if metric not in ("ip", "l2"):
+        raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    q = _as_float_tensor(queries, "queries")
+    r = _as_float_tensor(references, "references")
+    if q.shape[0] == 0:
+        raise ValueError(f"empty query set: queries has shape {tuple(q.shape)}")
+    if r.shape[0] == 0:
+        raise ValueError(f"empty reference set: references has shape {tuple(r.shape)}")
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(
+            f"queries and references differ in dimension: {tuple(q.shape)} vs {tuple(r.shape)}"
+        )
+    if q.device != r.device:
+        raise ValueError(f"queries are on {q.device} but references on {r.device}")
+    if exclude_self and q.shape[0] > r.shape[0]:
+        raise ValueError(
+            "exclude_self=True needs query i to be reference i, but there are more queries "
+            f"({q.shape[0]}) than references ({r.shape[0]})"
+        )
+    available = r.shape[0] - int(exclude_self)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > available:
+        raise ValueError(
+            f"k must be an integer in [1, {available}] (number of references "
+            f"{r.shape[0]}{' minus the query itself' if exclude_self else ''}), got {k!r}"
+        )
+    check_finite(q, "queries")
+    check_finite(r, "references")
+    return q, r
+
+
+def auto_chunk_size(
+    num_references: int,
+    k: int,
+    *,
+    similarity_block: bool = True,
+    extra_bytes_per_query: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> int:
+    """Queries per chunk so that one chunk stays within ``memory_budget`` bytes.
+
+    Args:
+        num_references: Number of reference items N.
+        k: Results per query.
+        similarity_block: Whether the chunk holds a ``chunk x N`` float32 block (torch path).
+        extra_bytes_per_query: Caller's own per-query working memory.
+        memory_budget: Bytes one chunk may use.
+
+    Returns:
+        A chunk size between 1 and 8192.
+
+    Examples:
+        >>> auto_chunk_size(1_000_000, 20) < auto_chunk_size(1_000, 20)
+        True
+    """
+    # topk keeps a value/index copy of the results, hence more than 12 bytes per result.
+    per_query = 24 * (k + 1) + extra_bytes_per_query
+    if similarity_block:
+        per_query += 8 * num_references
+    return int(max(1, min(_MAX_CHUNK_SIZE, memory_budget // per_query)))
+
+
+def _order_ties(values: Tensor, indices: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
+    """Orders equal values by ascending index (FAISS lists inner-product ties the other way)."""
+    has_tie = (values[:, 1:] == values[:, :-1]).any(dim=1)
+    if bool(has_tie.any()):
+        rows = has_tie.nonzero().flatten()
+        order = indices[rows].argsort(dim=1)
+        v = values[rows].gather(1, order)
+        i = indices[rows].gather(1, order)
+        v, o = v.sort(dim=1, descending=descending, stable=True)
+        values[rows], indices[rows] = v, i.gather(1, o)
+    return values, indices
+
+
+def _topk_sorted(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of each row, best first; among equal scores the lowest columns, in ascending order."""
+    n = scores.shape[1]
+    extra = 1 if k < n else 0
+    values, indices = scores.topk(k + extra, dim=1, largest=True, sorted=True)
+    if extra:
+        # A tie across the k-th place: topk may have kept any of the tied columns, so those
+        # (rare) rows are redone with a full stable sort, which keeps the lowest columns.
+        boundary = values[:, k - 1] == values[:, k]
+        values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+        if bool(boundary.any()):
+            rows = boundary.nonzero().flatten()
+            v, i = scores[rows].sort(dim=1, descending=True, stable=True)
+            values[rows], indices[rows] = v[:, :k], i[:, :k]
+    return _order_ties(values, indices, descending=True)
+
+
+def _torch_chunk(
+    q: Tensor, r: Tensor, r_sq_norms: Tensor | None, k: int, metric: str, self_index: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Exact search of one chunk; ``self_index[i]`` is the column to exclude for row i."""
+    scores = q @ r.T
+    if metric == "l2":
+        if r_sq_norms is None:
+            r_sq_norms = (r * r).sum(dim=1)
+        # Rank by -(|r|^2 - 2 q.r); |q|^2 is constant per row and added back afterwards.
+        scores.mul_(2.0).sub_(r_sq_norms)
+    if self_index is not None:
+        scores[torch.arange(q.shape[0], device=q.device), self_index] = -math.inf
+    values, indices = _topk_sorted(scores, k)
+    if metric == "l2":
+        values = ((q * q).sum(dim=1, keepdim=True) - values).clamp_min_(0.0)
+    return values, indices
+
+
+def _faiss_metric(metric: str) -> Any:
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def _drop_self(values: Tensor, indices: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+    """Removes each row's own index from a k+1 search; rows without it lose their last result.
+
+    This is pytorch-metric-learning's convention, so leave-one-out results match it even when
+    duplicates push an item out of its own top k+1.
+    """
+    k = indices.shape[1] - 1
+    rows = torch.arange(offset, offset + len(indices), device=indices.device)
+    is_self = indices == rows[:, None]
+    # Position of the own index (k, i.e. "drop the last", where it is missing).
+    position = torch.where(is_self.any(dim=1), is_self.int().argmax(dim=1), k)
+    cols = torch.arange(k, device=indices.device)[None, :]
+    take = cols + (cols >= position[:, None]).long()
+    return values.gather(1, take), indices.gather(1, take)
+
+
+def _faiss_cpu_chunk(q: Tensor, r_np: np.ndarray, k: int, metric: str) -> tuple[Tensor, Tensor]:
+    d, i = faiss.knn(q.cpu().numpy(), r_np, k, metric=_faiss_metric(metric))
+    return torch.from_numpy(d), torch.from_numpy(i)
+
+
+def _faiss_gpu_chunk(q: Tensor, r: Tensor, k: int, metric: str) -> tuple[Tensor, Tensor]:
+    global _gpu_resources
+    import faiss.contrib.torch_utils  # noqa: F401  (lets knn_gpu take CUDA tensors)
+
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+    d, i = faiss.knn_gpu(_gpu_resources, q, r, k, metric=_faiss_metric(metric))
+    return d, i.long()
+
+
+def iter_knn_search(
+    queries: ArrayLike,
+    references: ArrayLike,
+    k: int,
+    *,
+    metric: Metric = "ip",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    exclude_self: bool = False,
+    extra_bytes_per_query: int = 0,
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Chunked exact kNN search, yielding one chunk of queries at a time.
+
+    Same arguments as :func:`knn_search`; use this to process the results of a large search
+    chunk by chunk without holding all of them. ``extra_bytes_per_query`` is the caller's own
+    per-query working memory, counted when the chunk size is chosen automatically.
+
+    Yields:
+        ``(start, values, indices)``: the results for queries ``start:start + len(values)``.
+
+    Examples:
+        >>> x = torch.nn.functional.normalize(torch.randn(100, 8), dim=1)
+        >>> sum(len(v) for _, v, _ in iter_knn_search(x, x, 5, chunk_size=30))
+        100
+    """
+    q, r = _validate(queries, references, k, exclude_self, metric)
+    resolved = resolve_backend(backend, q.device)
+    if resolved == "faiss-gpu" and k + int(exclude_self) > FAISS_GPU_MAX_K:
+        resolved = "torch"  # FAISS GPU cannot return more than 2048 results.
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(
+            len(r),
+            k,
+            similarity_block=resolved == "torch",
+            extra_bytes_per_query=extra_bytes_per_query,
+            # GPUs need bigger chunks to be busy; 1 GiB is small next to their memory.
+            memory_budget=DEFAULT_MEMORY_BUDGET_BYTES * (4 if q.device.type == "cuda" else 1),
+        )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    r_np = r.cpu().numpy() if resolved == "faiss" else None
+    r_sq = (r * r).sum(dim=1) if metric == "l2" else None
+    # FAISS gets one extra result to detect a tie across the k-th place (see below).
+    extra = 1 if k + int(exclude_self) < len(r) else 0
+    search_k = k + int(exclude_self) + extra
+    for start in range(0, len(q), chunk_size):
+        qc = q[start : start + chunk_size]
+        rows = torch.arange(start, start + len(qc), device=q.device)
+        if resolved == "torch":
+            values, indices = _torch_chunk(qc, r, r_sq, k, metric, rows if exclude_self else None)
+        else:
+            if resolved == "faiss":
+                assert r_np is not None
+                values, indices = _faiss_cpu_chunk(qc, r_np, search_k, metric)
+            else:
+                values, indices = _faiss_gpu_chunk(qc, r, search_k, metric)
+            values, indices = values.to(q.device), indices.to(q.device)
+            if exclude_self:
+                values, indices = _drop_self(values, indices, start)
+            if extra:
+                # FAISS's inner-product search keeps an arbitrary subset of the items tied at
+                # the k-th place; the (rare) rows with such a tie are redone exactly.
+                tied = (values[:, k - 1] == values[:, k]).nonzero().flatten()
+                values, indices = values[:, :k].contiguous(), indices[:, :k].contiguous()
+                if len(tied) > 0:
+                    self_index = rows[tied] if exclude_self else None
+                    values[tied], indices[tied] = _torch_chunk(
+                        qc[tied], r, r_sq, k, metric, self_index
+                    )
+            values, indices = _order_ties(values, indices, descending=metric == "ip")
+        yield start, values, indices
+
+
+def knn_search(
+    queries: ArrayLike,
+    references: ArrayLike,
+    k: int,
+    *,
+    metric: Metric = "ip",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    exclude_self: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Exact k-nearest-neighbour search, chunked over the queries.
+
+    Args:
+        queries: (Q, D) float tensor or numpy array.
+        references: (N, D) float tensor or numpy array, same device as the queries.
+        k: Number of neighbours per query, ``1 <= k <= N`` (``N - 1`` with ``exclude_self``).
+        metric: ``"ip"`` (inner product, largest first; cosine on normalised inputs) or
+            ``"l2"`` (squared Euclidean distance, smallest first).
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``, see the module doc.
+        chunk_size: Queries per chunk; ``None`` picks it from a 256 MiB working-memory budget.
+        exclude_self: Leave-one-out search: query i is reference i and is dropped from its own
+            results (k+1 are searched and the own index removed; a row whose own index is not
+            among them, possible with duplicates, drops its last result instead).
+
+    Returns:
+        ``(values, indices)`` of shape (Q, k): similarities (``"ip"``) or squared distances
+        (``"l2"``) as float32, and int64 reference indices, best first.
+
+    Raises:
+        ValueError: On empty inputs, differing dimensions, NaN/inf, or k out of range.
+
+    Examples:
+        >>> x = torch.nn.functional.normalize(torch.randn(1000, 32), dim=1)
+        >>> sims, idx = knn_search(x, x, k=10, exclude_self=True)
+        >>> sims.shape, idx.dtype
+        (torch.Size([1000, 10]), torch.int64)
+    """
+    values, indices = [], []
+    for _, v, i in iter_knn_search(
+        queries,
+        references,
+        k,
+        metric=metric,
+        backend=backend,
+        chunk_size=chunk_size,
+        exclude_self=exclude_self,
+    ):
+        values.append(v)
+        indices.append(i)
+    return torch.cat(values), torch.cat(indices)
+
+
+def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding on unit vectors (cosine distance), O(N K D) without an N x K matrix."""
+    n = len(x)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids = [x[first]]
+    min_dist = (1.0 - x @ x[first]).clamp_min_(0.0)
+    for _ in range(1, num_clusters):
+        weights = min_dist.double().cpu()
+        if float(weights.sum()) <= 0.0:  # Fewer distinct points than clusters.
+            weights = torch.ones(n, dtype=torch.float64)
+        choice = int(torch.multinomial(weights, 1, generator=generator))
+        centroids.append(x[choice])
+        min_dist = torch.minimum(min_dist, (1.0 - x @ x[choice]).clamp_min_(0.0))
+    return torch.stack(centroids)
+
+
+def spherical_kmeans(
+    x: ArrayLike,
+    num_clusters: int,
+    *,
+    iterations: int = 20,
+    seed: int = 0,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Spherical k-means (cosine) with k-means++ seeding.
+
+    The points are L2-normalised first. Both backends start from the same k-means++ seeds
+    (seeded by ``seed``); FAISS runs ``faiss.Kmeans(spherical=True)``, the torch backend runs
+    Lloyd iterations with a chunked assignment step and re-seeds empty clusters with the points
+    farthest from their centroid.
+
+    Args:
+        x: (N, D) float tensor or numpy array.
+        num_clusters: Number of clusters K, ``1 <= K <= N``.
+        iterations: Number of Lloyd iterations.
+        seed: Seed of the k-means++ initialisation.
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``.
+
+    Returns:
+        ``(centroids, assignments)``: unit-norm (K, D) float32 centroids and (N,) int64 cluster
+        indices, on the device of ``x``.
+
+    Raises:
+        ValueError: On empty or non-finite input, or K out of range.
+
+    Examples:
+        >>> x = torch.randn(500, 16)
+        >>> centroids, assignments = spherical_kmeans(x, 5, backend="torch")
+        >>> centroids.shape, assignments.shape
+        (torch.Size([5, 16]), torch.Size([500]))
+    """
+    t = _as_float_tensor(x, "x")
+    if len(t) == 0:
+        raise ValueError(f"spherical_kmeans needs at least one point, got shape {tuple(t.shape)}")
+    check_finite(t, "x")
+    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int):
+        raise ValueError(f"num_clusters must be an integer, got {num_clusters!r}")
+    if not 1 <= num_clusters <= len(t):
+        raise ValueError(
+            f"num_clusters must be in [1, {len(t)}] (number of points), got {num_clusters}"
+        )
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    resolved = resolve_backend(backend, t.device)
+    xn = F.normalize(t, dim=1)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = _kmeans_plus_plus(xn, num_clusters, generator)
+    if resolved in ("faiss", "faiss-gpu") and iterations > 0:
+        km = faiss.Kmeans(
+            xn.shape[1],
+            num_clusters,
+            niter=iterations,
+            seed=seed,
+            spherical=True,
+            gpu=resolved == "faiss-gpu",
+            min_points_per_centroid=1,  # Small sets are fine; silences FAISS's warning.
+            max_points_per_centroid=max(256, len(xn)),  # Train on every point.
+        )
+        km.train(xn.cpu().numpy(), init_centroids=centroids.cpu().numpy())
+        centroids = F.normalize(torch.from_numpy(km.centroids).to(xn.device), dim=1)
+    else:
+        for _ in range(iterations):
+            sims, assign = knn_search(xn, centroids, 1, backend="torch")
+            sums = torch.zeros_like(centroids).index_add_(0, assign[:, 0], xn)
+            counts = torch.bincount(assign[:, 0], minlength=num_clusters)
+            empty = (counts == 0).nonzero().flatten()
+            if len(empty) > 0:
+                farthest = sims[:, 0].argsort()[: len(empty)]
+                sums[empty] = xn[farthest]
+            centroids = F.normalize(sums, dim=1)
+    search_backend = "torch" if resolved == "torch" else backend
+    _, assign = knn_search(xn, centroids, 1, backend=search_backend)
+    return centroids, assign[:, 0]
