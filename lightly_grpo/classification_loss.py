@@ -46,7 +46,7 @@ class GRPORMClassificationLoss(nn.Module):
             replacement from pi_old, always keeping the true class.
         validate: Check every batch for NaN/inf embeddings and out-of-range labels (one host
             synchronisation per call); set False in a GPU loop that cannot afford it.
-        compile: ``torch.compile`` the fused reward/advantage/gradient math of the default
+        compile_math: ``torch.compile`` the fused reward/advantage/gradient math of the default
             reward (fewer kernel launches on a GPU; compiles once per batch shape).
 
     Examples:
@@ -67,7 +67,7 @@ class GRPORMClassificationLoss(nn.Module):
         beta: float = 0.0,
         group_size: int | None = None,
         validate: bool = True,
-        compile: bool = False,
+        compile_math: bool = False,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -80,7 +80,7 @@ class GRPORMClassificationLoss(nn.Module):
         self.grpo = GRPORMLoss(clip_eps=clip_eps, beta=beta)
         self.group_size = group_size
         self.validate = validate
-        self.compile = compile
+        self.compile_math = compile_math
 
     @property
     def num_classes(self) -> int:
@@ -189,7 +189,7 @@ class GRPORMClassificationLoss(nn.Module):
             weights[1],
             self.grpo.adv_eps,
             validate=False,
-            compile=self.compile,
+            compile_math=self.compile_math,
         )
         if accuracy is None:
             return loss, {}

@@ -107,6 +107,12 @@ def _add_posttrain_args(parser: argparse.ArgumentParser, defaults: dict[str, Any
     group.add_argument(
         "--compile-loss", action="store_true", help="torch.compile the loss's fused math"
     )
+    group.add_argument(
+        "--val-images",
+        type=_optional_int,
+        default=defaults.get("val_images", 2000),
+        help="test images for the per-epoch policy accuracy curve (0 disables, 'all')",
+    )
 
 
 def _data(args: argparse.Namespace) -> DataConfig:

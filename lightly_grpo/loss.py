@@ -346,9 +346,9 @@ class _FusedAccuracyUniformity(torch.autograd.Function):
         accuracy_weight: float,
         uniformity_weight: float,
         adv_eps: float,
-        compile: bool,
+        compile_math: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        math = _compiled_math() if compile else _accuracy_uniformity_math
+        math = _compiled_math() if compile_math else _accuracy_uniformity_math
         loss, grad, log_probs, rewards = math(
             logits, correct, accuracy_weight, uniformity_weight, adv_eps
         )
@@ -369,7 +369,7 @@ def fused_accuracy_uniformity_loss(
     uniformity_weight: float = 1.0,
     adv_eps: float = 1e-6,
     validate: bool = True,
-    compile: bool = False,
+    compile_math: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """GRPO-RM loss for accuracy + uniformity (-pi_old) rewards with one inner step, fused.
 
@@ -381,8 +381,8 @@ def fused_accuracy_uniformity_loss(
         adv_eps: Added to the group standard deviation.
         validate: Check the logits for NaN/inf (one host synchronisation); callers that already
             checked their inputs pass False.
-        compile: Run the math through ``torch.compile`` (a few fused kernels instead of ~20 on a
-            GPU; the first call per shape compiles for seconds).
+        compile_math: Run the math through ``torch.compile`` (a few fused kernels instead of ~20
+            on a GPU; the first call per shape compiles for seconds).
 
     Returns:
         (loss, log_probs, rewards); the last two detached, for statistics.
@@ -403,5 +403,5 @@ def fused_accuracy_uniformity_loss(
     if validate:
         check_finite({"logits": logits})
     return _FusedAccuracyUniformity.apply(
-        logits, correct, float(accuracy_weight), float(uniformity_weight), adv_eps, compile
+        logits, correct, float(accuracy_weight), float(uniformity_weight), adv_eps, compile_math
     )

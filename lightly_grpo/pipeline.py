@@ -125,6 +125,7 @@ class PosttrainConfig:
     weight_decay: float = 1e-2
     batchnorm: str = "freeze"
     compile_loss: bool = False
+    val_images: int | None = 2000  # test images for the per-epoch policy accuracy; 0 disables
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -152,6 +153,12 @@ def _subset(dataset: Dataset[Any], size: int | None, seed: int) -> Dataset[Any]:
     if size is None or size >= total:
         return dataset
     return Subset(dataset, random_subset(total, size, seed).tolist())
+
+
+def _eval_split(data: DataConfig, split: str) -> Any:
+    """A split of the configured dataset through the deterministic eval transform."""
+    transform = eval_transform(data.input_size, data.in_channels)
+    return resolve_dataset(data.dataset, split, transform, root=data.data_root)
 
 
 def _dataset_labels(dataset: Any) -> np.ndarray:
@@ -263,9 +270,8 @@ class EvaluationData:
 
 def evaluation_data(data: DataConfig, cfg: EvalConfig) -> EvaluationData:
     """Loads the train/test splits with the eval transform, subsampled as configured."""
-    transform = eval_transform(data.input_size, data.in_channels)
-    train = resolve_dataset(data.dataset, "train", transform, root=data.data_root)
-    test = resolve_dataset(data.dataset, "test", transform, root=data.data_root)
+    train = _eval_split(data, "train")
+    test = _eval_split(data, "test")
     display = resolve_dataset(data.dataset, "test", None, root=data.data_root)
     test_indices = np.arange(len(test))
     if cfg.max_test_images is not None and cfg.max_test_images < len(test):
@@ -422,15 +428,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
     train_set = Subset(
         resolve_dataset(data.dataset, "train", train_tf, root=data.data_root), indices.tolist()
     )
-    init_set = Subset(
-        resolve_dataset(
-            data.dataset,
-            "train",
-            eval_transform(data.input_size, data.in_channels),
-            root=data.data_root,
-        ),
-        indices.tolist(),
-    )
+    init_set = Subset(_eval_split(data, "train"), indices.tolist())
     batch_size = min(cfg.batch_size, len(indices))
     train_loader = make_loader(
         train_set, batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers
@@ -439,24 +437,21 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
     reference = load_backbone(cfg.checkpoint, cfg.architecture, in_channels=data.in_channels)
     stage = build_stage(cfg, backbone, num_classes).to(device)
     stage.init_prototypes(make_loader(init_set, cfg.eval.batch_size, shuffle=False))
+    # Per-epoch policy accuracy on (a subset of) the test split: the curve next to train accuracy.
+    val_loader = make_loader(
+        _subset(_eval_split(data, "test"), cfg.val_images, data.seed + 4),
+        cfg.eval.batch_size,
+        shuffle=False,
+    )
     history = MetricCallback()
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True)
     trainer = _trainer(cfg.trainer, out_dir, cfg.epochs, [history, checkpoints])
     started = time.perf_counter()
-    trainer.fit(stage, train_loader)
+    trainer.fit(stage, train_loader, val_loader if cfg.val_images != 0 else None)
     train_seconds = time.perf_counter() - started
     stage = stage.to(device)
     if cfg.batchnorm == "recompute":
-        unlabeled = _subset(
-            resolve_dataset(
-                data.dataset,
-                "train",
-                eval_transform(data.input_size, data.in_channels),
-                root=data.data_root,
-            ),
-            50 * cfg.eval.batch_size,
-            data.seed + 3,
-        )
+        unlabeled = _subset(_eval_split(data, "train"), 50 * cfg.eval.batch_size, data.seed + 3)
         stage.recompute_batchnorm(make_loader(unlabeled, cfg.eval.batch_size, shuffle=False))
     stage.eval()
     trainer.save_checkpoint(out_dir / "grpo.ckpt")
@@ -520,13 +515,10 @@ def evaluate_checkpoints(
         raise ValueError(f"got {len(names)} names for {len(checkpoints)} checkpoints")
     if len(set(names)) != len(names):
         names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
-    target = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if device == "auto"
-        else device
-    )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(device)
+
     eval_data = evaluation_data(data, cfg)
     results = {}
     for name, checkpoint in zip(names, checkpoints, strict=True):

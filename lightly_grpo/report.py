@@ -92,8 +92,11 @@ def metric_display_name(name: str) -> str:
     return name
 
 
+_CURVE_NAMES = {"kl": "KL to reference", "accuracy": "Policy accuracy"}
+
+
 def _curve_display_name(name: str) -> str:
-    return name.replace("_", " ").capitalize()
+    return _CURVE_NAMES.get(name, name.replace("_", " ").capitalize())
 
 
 def _higher_is_better(name: str) -> bool:

@@ -9,8 +9,9 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.models.utils import get_weight_decay_parameters
-from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
+
+from lightly_grpo.schedules import per_step_cosine
 
 
 class SimCLRModule(pl.LightningModule):
@@ -73,11 +74,7 @@ class SimCLRModule(pl.LightningModule):
             lr=self.hparams["lr"],
             weight_decay=self.hparams["weight_decay"],
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = CosineWarmupScheduler(
-            optimizer, warmup_epochs=min(self.hparams["warmup_steps"], total), max_epochs=total
+        schedule = per_step_cosine(
+            optimizer, self.trainer.estimated_stepping_batches, self.hparams["warmup_steps"]
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

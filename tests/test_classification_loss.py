@@ -143,7 +143,7 @@ def test_compiled_fused_path_matches_eager() -> None:
     correct = F.one_hot(torch.randint(0, 5, (8,)), 5).bool()
     eager_loss, _, eager_rewards = fused_accuracy_uniformity_loss(logits, correct)
     (eager,) = torch.autograd.grad(eager_loss, logits)
-    loss, _, rewards = fused_accuracy_uniformity_loss(logits, correct, compile=True)
+    loss, _, rewards = fused_accuracy_uniformity_loss(logits, correct, compile_math=True)
     (compiled,) = torch.autograd.grad(loss, logits)
     assert torch.allclose(rewards, eager_rewards, atol=1e-6)
     assert torch.allclose(compiled, eager, atol=1e-7)

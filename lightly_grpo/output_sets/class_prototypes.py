@@ -76,16 +76,7 @@ def check_embedding_shape(embeddings: Tensor, embedding_size: int | None = None)
 
 def check_embeddings(embeddings: Tensor, embedding_size: int | None = None) -> None:
     """Raises ValueError for a non-2-D, empty, wrongly sized or non-finite embedding batch."""
-    if embeddings.dim() != 2:
-        raise ValueError(
-            f"embeddings must have shape (batch_size, dim), got {tuple(embeddings.shape)}"
-        )
-    if embeddings.shape[0] == 0:
-        raise ValueError(f"empty batch: embeddings have shape {tuple(embeddings.shape)}")
-    if embedding_size is not None and embeddings.shape[1] != embedding_size:
-        raise ValueError(
-            f"embeddings have dimension {embeddings.shape[1]}, expected {embedding_size}"
-        )
+    check_embedding_shape(embeddings, embedding_size)
     if not bool(torch.isfinite(embeddings).all()):
         bad = int((~torch.isfinite(embeddings)).sum())
         raise ValueError(

@@ -48,10 +48,11 @@ def make_embeddings(n: int, dim: int, data: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def child(method: str, n: int, dim: int, k: int, data: str, out_path: str) -> None:
+def child(method: str, k: int, data_path: str, out_path: str) -> None:
     baseline = method.startswith("baseline:")
     method = method.removeprefix("baseline:")
-    x = make_embeddings(n, dim, data)
+    x = np.load(data_path)
+    n, dim = x.shape
     if method == "faiss IndexFlatIP":
         import faiss
     elif method.startswith("ours"):
@@ -93,42 +94,26 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--data", choices=("fashion", "random"), default="fashion")
     parser.add_argument("--memory-limit-gb", type=float, default=16.0)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, n, dim, k, data, out_path = args.child
-        child(method, int(n), int(dim), int(k), data, out_path)
+        method, k, data_path, out_path = args.child
+        child(method, int(k), data_path, out_path)
         return
 
     limit = int(args.memory_limit_gb * 2**30)
     print(f"# {os.cpu_count()} CPUs; n={args.n}, dim={args.dim}, k={args.k}, data={args.data}")
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # Made once here and loaded by each child, so its temporaries are in no child's peak.
+        data_path = os.path.join(tmp, "embeddings.npy")
+        np.save(data_path, make_embeddings(args.n, args.dim, args.data))
         for method in METHODS:
             out_path = os.path.join(tmp, f"{len(results)}.npy")
-            floor_cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"baseline:{method}",
-                str(args.n),
-                str(args.dim),
-                str(args.k),
-                args.data,
-                out_path,
-            ]
+            floor_cmd = [sys.executable, __file__, "--child", f"baseline:{method}", str(args.k)]
+            floor_cmd += [data_path, out_path]
             _, floor, _, _ = run_child(floor_cmd, limit)
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                method,
-                str(args.n),
-                str(args.dim),
-                str(args.k),
-                args.data,
-                out_path,
-            ]
+            cmd = [sys.executable, __file__, "--child", method, str(args.k), data_path, out_path]
             code, peak, stdout, stderr = run_child(cmd, limit)
             if code != 0:
                 results[method] = {"note": f"failed or killed (exit {code}): {stderr[-300:]}"}

@@ -65,7 +65,7 @@ def main() -> None:
 
     fast = GRPORMClassificationLoss(args.classes, args.dim, validate=False).to(device)
     fast.load_state_dict(criterion.state_dict())
-    compiled = GRPORMClassificationLoss(args.classes, args.dim, validate=False, compile=True)
+    compiled = GRPORMClassificationLoss(args.classes, args.dim, validate=False, compile_math=True)
     compiled = compiled.to(device)
     compiled.load_state_dict(criterion.state_dict())
 
@@ -99,7 +99,7 @@ def main() -> None:
         "with head: cross-entropy": ce_with_head,
         "with head: GRPORMClassificationLoss": grpo_with_head,
         "with head: GRPORMClassificationLoss(validate=False)": grpo_no_validation,
-        "with head: GRPORMClassificationLoss(validate=False, compile=True)": grpo_compiled,
+        "with head: GRPORMClassificationLoss(validate=False, compile_math=True)": grpo_compiled,
         "with head: GRPO-RM plain autograd": autograd_with_head,
         "loss alone: cross-entropy": ce_alone,
         "loss alone: GRPORMLoss (+ rewards)": grpo_alone,
@@ -107,7 +107,7 @@ def main() -> None:
         "loss alone: GRPO-RM plain autograd": autograd_alone,
     }
     if args.no_compile:
-        del cases["with head: GRPORMClassificationLoss(validate=False, compile=True)"]
+        del cases["with head: GRPORMClassificationLoss(validate=False, compile_math=True)"]
     times = {}
     for name, fn in cases.items():
         for _ in range(3):  # warm-up (allocator, cuBLAS handles)

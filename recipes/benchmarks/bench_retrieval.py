@@ -22,22 +22,22 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 
 
-def make_data(n: int, dim: int, classes: int, seed: int = 0) -> tuple[object, object]:
-    """Class centres + noise, normalised (numpy, so both methods start from the same arrays)."""
-    import numpy as np
-
+def make_data(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class centres + noise, L2-normalised float32, and int64 labels."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dim)).astype(np.float32)
+    centres = rng.standard_normal((classes, dim), dtype=np.float32)
     labels = rng.integers(0, classes, size=n)
-    x = centres[labels] + 1.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    x = centres[labels] + 1.5 * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, labels
 
 
-def child(method: str, n: int, dim: int, classes: int) -> None:
+def child(method: str, data_path: str) -> None:
     """Runs one measurement and prints a JSON line.
 
     ``baseline:<method>`` only imports what ``<method>`` imports and builds the data: the floor
@@ -47,7 +47,8 @@ def child(method: str, n: int, dim: int, classes: int) -> None:
 
     baseline = method.startswith("baseline:")
     method = method.removeprefix("baseline:")
-    x, labels = make_data(n, dim, classes)
+    data = np.load(data_path)
+    x, labels = data["x"], data["labels"]
     if method == "accuracy_calculator":
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     else:
@@ -102,9 +103,9 @@ def run_child(cmd: list[str], limit_bytes: int) -> tuple[int | None, int, str, s
         return code, usage.ru_maxrss * 1024, out.read(), err.read()
 
 
-def measure(method: str, n: int, dim: int, classes: int, limit_bytes: int) -> dict[str, object]:
+def measure(method: str, data_path: str, limit_bytes: int) -> dict[str, object]:
     """Runs ``child`` in a fresh process; returns seconds, peak RSS and metrics (or a note)."""
-    cmd = [sys.executable, __file__, "--child", method, str(n), str(dim), str(classes)]
+    cmd = [sys.executable, __file__, "--child", method, data_path]
     code, peak, stdout, stderr = run_child(cmd, limit_bytes)
     if code is None:
         return {"note": f"killed above {limit_bytes / 2**30:.0f} GiB"}
@@ -134,11 +135,10 @@ def main() -> None:
         default=1,
         help="run each measurement this often (interleaved) and keep the fastest",
     )
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        method, n, dim, classes = args.child
-        child(method, int(n), int(dim), int(classes))
+        child(*args.child)
         return
 
     limit = int(args.memory_limit_gb * 2**30)
@@ -148,10 +148,17 @@ def main() -> None:
     )
     methods = ["accuracy_calculator"] + [f"ours:{b}" for b in args.backends]
     rows = []
+    tmp = tempfile.TemporaryDirectory()
     for n in args.sizes:
+        # The data is made once here and loaded by every child, so its temporaries are in
+        # no child's peak.
+        data_path = os.path.join(tmp.name, f"data_{n}.npz")
+        x, labels = make_data(n, args.dim, args.classes)
+        np.savez(data_path, x=x, labels=labels)
+        del x, labels
         results: dict[str, dict[str, object]] = {}
         floors = {
-            m: int(measure(f"baseline:{m}", n, args.dim, args.classes, limit)["peak_bytes"])  # type: ignore[call-overload]
+            m: int(measure(f"baseline:{m}", data_path, limit)["peak_bytes"])  # type: ignore[call-overload]
             for m in ("accuracy_calculator", "ours:torch")
         }
         for repeat in range(args.repeats):
@@ -161,7 +168,7 @@ def main() -> None:
                     continue
                 if "note" in results.get(method, {}):
                     continue  # Killed or failed once: do not retry.
-                r = measure(method, n, args.dim, args.classes, limit)
+                r = measure(method, data_path, limit)
                 print(f"N={n} {method} run {repeat + 1}: {json.dumps(r)}", flush=True)
                 best = results.get(method)
                 if best is None or "seconds" not in r or r["seconds"] < best["seconds"]:  # type: ignore[operator]
@@ -171,11 +178,13 @@ def main() -> None:
                 floor = floors[m if m == "accuracy_calculator" else "ours:torch"]
                 r["net_bytes"] = int(r["peak_bytes"]) - floor  # type: ignore[call-overload]
         rows.append((n, results))
+        os.remove(data_path)
         print(
             f"N={n} floors (imports + data, GiB): "
             + ", ".join(f"{m}={v / 2**30:.2f}" for m, v in floors.items()),
             flush=True,
         )
+    tmp.cleanup()
 
     def fmt(r: dict[str, object]) -> str:
         if "seconds" not in r:
@@ -211,10 +220,9 @@ def main() -> None:
         print(line)
     for n, results in rows:
         for method, r in results.items():
-            if "metrics" in r:
-                print(
-                    f"N={n} {method}: " + ", ".join(f"{k}={v:.6f}" for k, v in r["metrics"].items())
-                )  # type: ignore[union-attr]
+            metrics = r.get("metrics")
+            if isinstance(metrics, dict):
+                print(f"N={n} {method}: " + ", ".join(f"{k}={v:.6f}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

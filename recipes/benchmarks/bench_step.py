@@ -48,7 +48,7 @@ def main() -> None:
     for name in ("cross-entropy", "GRPO-RM", "GRPO-RM compiled"):
         backbone = build_backbone("resnet18_small", 1).to(device)
         compiled = name.endswith("compiled")
-        criterion = GRPORMClassificationLoss(args.classes, 512, compile=compiled).to(device)
+        criterion = GRPORMClassificationLoss(args.classes, 512, compile_math=compiled).to(device)
         params = list(backbone.parameters()) + list(criterion.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-4)
 
