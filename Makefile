@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data chromium demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ data:
 		|| echo "dataset-fashion-mnist not installed: falling back to scikit-learn digits"; \
 	fi
 
+# Headless Chromium for the report-rendering test (root only; the test is skipped without it).
+chromium:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) \
+		>/dev/null 2>&1 || echo "chromium not installed: the report-rendering test will be skipped"; \
+	fi
+
 demo: setup data
 	$(VENV)/bin/lightly-grpo demo
 
@@ -35,7 +42,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check lightly_grpo tests recipes
 	$(VENV)/bin/mypy lightly_grpo
 
-test: setup data lint
+test: setup data chromium lint
 	$(PY) -m pytest -q
 
 bench: setup data

@@ -21,9 +21,9 @@ from lightly_grpo.pipeline import (
 )
 
 # Demo sizes measured to finish in a few minutes on a 2-core CPU (README, "Demo").
-DEMO_PRETRAIN = {"epochs": 8, "max_images": 4096, "batch_size": 256}
-DEMO_POSTTRAIN = {"epochs": 6, "label_fraction": 0.05, "batch_size": 128}
-DEMO_EVAL = {"max_train_images": 10000, "max_test_images": 2000}
+DEMO_PRETRAIN = {"epochs": 8, "max_images": 6144, "batch_size": 256}
+DEMO_POSTTRAIN = {"epochs": 8, "label_fraction": 0.1, "batch_size": 128, "val_images": 2000}
+DEMO_EVAL = {"max_train_images": 20000, "max_test_images": 5000}
 
 
 def _optional_int(value: str) -> int | None:

@@ -328,6 +328,10 @@ class RetrievalEvaluator:
                 "retrieval=False for kNN only"
             )
 
+        clusters = self.num_clusters or len(q_ids.unique())
+        if self.nmi and clusters > num_q:
+            raise ValueError(f"num_clusters={clusters} exceeds the number of queries ({num_q})")
+
         n_show = min(self.num_neighbors, available)
         search_k = max([n_show] + [k for _, k, _ in self.protocols])
         if self.retrieval:
@@ -402,10 +406,6 @@ class RetrievalEvaluator:
                 }
 
         if self.nmi:
-            num_query_classes = len(q_ids.unique())
-            clusters = self.num_clusters or num_query_classes
-            if clusters > num_q:
-                raise ValueError(f"num_clusters={clusters} exceeds the number of queries {num_q}")
             _, assignments = spherical_kmeans(query, clusters, seed=self.seed, backend=self.backend)
             labels_np = q_labels.cpu().numpy()
             assign_np = assignments.cpu().numpy()

@@ -6,6 +6,7 @@ share one implementation; every size (epochs, batch, image count, label fraction
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -19,7 +20,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
-from lightly.utils.benchmarking import MetricCallback
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch import Tensor, nn
@@ -371,21 +371,22 @@ def report_models(
 
 
 # --------------------------------------------------------------------------- post-training
-def history_rows(callback: MetricCallback) -> list[dict[str, float]]:
-    """Per-epoch rows from lightly's MetricCallback, ``*_epoch`` suffixes dropped."""
-    series: dict[str, list[float]] = {}
-    for source in (callback.train_metrics, callback.val_metrics):
-        for name, values in source.items():
-            if name.endswith("_step") or "/" not in name:
-                continue
-            series[name.removesuffix("_epoch")] = values
-    epochs = max((len(v) for v in series.values()), default=0)
-    rows = []
-    for epoch in range(epochs):
-        row = {"epoch": float(epoch + 1)}
-        row.update({k: v[epoch] for k, v in series.items() if epoch < len(v)})
-        rows.append(row)
-    return rows
+def history_rows(metrics_csv: Path) -> list[dict[str, float]]:
+    """Per-epoch rows from Lightning's CSVLogger file: ``train/*_epoch`` and ``val/*`` columns.
+
+    The CSV is read rather than a callback's ``callback_metrics`` because epoch aggregates land
+    there only after ``on_train_epoch_end`` has run, one epoch late.
+    """
+    rows: dict[int, dict[str, float]] = {}
+    with open(metrics_csv, newline="") as handle:
+        for record in csv.DictReader(handle):
+            epoch = int(record["epoch"])
+            row = rows.setdefault(epoch, {"epoch": float(epoch + 1)})
+            for name, value in record.items():
+                if not value or "/" not in name or name.endswith("_step"):
+                    continue
+                row[name.removesuffix("_epoch")] = float(value)
+    return [rows[epoch] for epoch in sorted(rows)]
 
 
 def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> GRPORMStage:
@@ -443,9 +444,8 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
         cfg.eval.batch_size,
         shuffle=False,
     )
-    history = MetricCallback()
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True)
-    trainer = _trainer(cfg.trainer, out_dir, cfg.epochs, [history, checkpoints])
+    trainer = _trainer(cfg.trainer, out_dir, cfg.epochs, [checkpoints])
     started = time.perf_counter()
     trainer.fit(stage, train_loader, val_loader if cfg.val_images != 0 else None)
     train_seconds = time.perf_counter() - started
@@ -456,7 +456,8 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
     stage.eval()
     trainer.save_checkpoint(out_dir / "grpo.ckpt")
     export_backbone(stage.backbone, out_dir / "backbone.pt")
-    rows = history_rows(history)
+    assert trainer.logger is not None and trainer.logger.log_dir is not None
+    rows = history_rows(Path(trainer.logger.log_dir) / "metrics.csv")
     config = asdict(cfg)
     config.update(labeled_images=len(indices), train_seconds=round(train_seconds, 1))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))

@@ -357,3 +357,5 @@ def test_bad_input_errors() -> None:
         RetrievalEvaluator(knn_protocols=((10, 0.0),))
     with pytest.raises(ValueError, match="recall_at values"):
         RetrievalEvaluator(recall_at=(0, 1))
+    with pytest.raises(ValueError, match=r"num_clusters=60 exceeds the number of queries \(50\)"):
+        RetrievalEvaluator(knn_protocols=(), num_clusters=60).evaluate(x, y)

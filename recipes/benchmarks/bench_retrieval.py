@@ -2,7 +2,7 @@
 
 Leave-one-out retrieval (P@1, R-precision, MAP@R) on synthetic embeddings: ``--classes`` random
 class centres plus Gaussian noise, L2-normalised, so the metrics are far from 0 and 1. Every
-measurement runs in its own child process, so peak memory (the child's ``ru_maxrss``) does not
+measurement runs in its own child process, so peak memory (the child's own ``VmHWM``) does not
 mix between methods. AccuracyCalculator runs with faiss-cpu and ``k="max_bin_count"``; a
 watchdog kills any child above ``--memory-limit-gb`` so the machine survives (AccuracyCalculator
 at 200k needs more than 24 GB), and sizes above ``--acc-max-n`` skip it with a note.
@@ -37,6 +37,19 @@ def make_data(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray
     return x, labels
 
 
+def own_peak_bytes() -> int:
+    """Peak RSS of this process's own address space (``VmHWM``).
+
+    Unlike ``ru_maxrss``, which a child inherits from the (possibly large) parent it was forked
+    from, this counts only what the child itself touched after ``exec``.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(method: str, data_path: str) -> None:
     """Runs one measurement and prints a JSON line.
 
@@ -54,7 +67,8 @@ def child(method: str, data_path: str) -> None:
     else:
         from lightly_grpo.evaluation import RetrievalEvaluator
     if baseline:
-        print(json.dumps({"seconds": 0.0, "metrics": {k: 0.0 for k in METRICS}}))
+        zeros = {k: 0.0 for k in METRICS}
+        print(json.dumps({"seconds": 0.0, "metrics": zeros, "peak_bytes": own_peak_bytes()}))
         return
     start = time.perf_counter()
     if method == "accuracy_calculator":
@@ -65,7 +79,8 @@ def child(method: str, data_path: str) -> None:
         evaluator = RetrievalEvaluator(backend=backend, knn_protocols=(), nmi=False)
         metrics = evaluator.evaluate(torch.from_numpy(x), torch.from_numpy(labels)).metrics
     elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "metrics": {k: float(metrics[k]) for k in METRICS}}))
+    values = {k: float(metrics[k]) for k in METRICS}
+    print(json.dumps({"seconds": elapsed, "metrics": values, "peak_bytes": own_peak_bytes()}))
 
 
 def _rss_bytes(pid: int) -> int:
@@ -80,10 +95,11 @@ def _rss_bytes(pid: int) -> int:
 
 
 def run_child(cmd: list[str], limit_bytes: int) -> tuple[int | None, int, str, str]:
-    """Runs ``cmd``; returns (exit code or None if killed for memory, peak RSS bytes, out, err).
+    """Runs ``cmd``; returns (exit code or None if killed for memory, ru_maxrss, out, err).
 
-    The peak is the child's own ``ru_maxrss`` (from ``wait4``), so measurements never mix; a
-    watchdog polls its RSS and kills it above ``limit_bytes``.
+    A watchdog polls the child's RSS and kills it above ``limit_bytes``. ``ru_maxrss`` includes
+    the parent's RSS at fork time, so the benchmarks use the peak the child reports itself
+    (:func:`own_peak_bytes`).
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
@@ -106,14 +122,12 @@ def run_child(cmd: list[str], limit_bytes: int) -> tuple[int | None, int, str, s
 def measure(method: str, data_path: str, limit_bytes: int) -> dict[str, object]:
     """Runs ``child`` in a fresh process; returns seconds, peak RSS and metrics (or a note)."""
     cmd = [sys.executable, __file__, "--child", method, data_path]
-    code, peak, stdout, stderr = run_child(cmd, limit_bytes)
+    code, _, stdout, stderr = run_child(cmd, limit_bytes)
     if code is None:
         return {"note": f"killed above {limit_bytes / 2**30:.0f} GiB"}
     if code != 0:
         return {"note": f"failed (exit {code}): {stderr.strip()[-300:]}"}
-    out = json.loads(stdout.strip().splitlines()[-1])
-    out["peak_bytes"] = peak
-    return dict(out)
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
