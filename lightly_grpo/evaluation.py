@@ -38,6 +38,7 @@ from torch import Tensor
 
 from lightly_grpo.index import (
     ArrayLike,
+    as_float_tensor,
     check_finite,
     iter_knn_search,
     knn_search,
@@ -107,14 +108,9 @@ class RetrievalResult:
 
 
 def _as_embeddings(x: ArrayLike, name: str) -> Tensor:
-    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if t.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (items, dim), got shape {tuple(t.shape)}")
+    t = as_float_tensor(x, name)
     if t.shape[0] == 0:
         raise ValueError(f"empty set: {name} has shape {tuple(t.shape)}")
-    t = t.detach().to(torch.float32)
     check_finite(t, name)
     return F.normalize(t, dim=1)
 

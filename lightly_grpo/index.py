@@ -112,7 +112,8 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
     return "faiss-gpu" if gpu_ok else "faiss"
 
 
-def _as_float_tensor(x: ArrayLike, name: str) -> Tensor:
+def as_float_tensor(x: ArrayLike, name: str) -> Tensor:
+    """A detached, contiguous float32 (items, dim) tensor from a tensor or numpy array."""
     t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
@@ -138,8 +139,8 @@ def _validate(
 ) -> tuple[Tensor, Tensor]:
     if metric not in ("ip", "l2"):
         raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
-    q = _as_float_tensor(queries, "queries")
-    r = _as_float_tensor(references, "references")
+    q = as_float_tensor(queries, "queries")
+    r = as_float_tensor(references, "references")
     if q.shape[0] == 0:
         raise ValueError(f"empty query set: queries has shape {tuple(q.shape)}")
     if r.shape[0] == 0:
@@ -456,7 +457,7 @@ def spherical_kmeans(
         >>> centroids.shape, assignments.shape
         (torch.Size([5, 16]), torch.Size([500]))
     """
-    t = _as_float_tensor(x, "x")
+    t = as_float_tensor(x, "x")
     if len(t) == 0:
         raise ValueError(f"spherical_kmeans needs at least one point, got shape {tuple(t.shape)}")
     check_finite(t, "x")
