@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from lightly_grpo.loss import (
     GRPORMLoss,
     GRPOStats,
-    degenerate_groups,
     fused_accuracy_uniformity_loss,
 )
 from lightly_grpo.output_sets.base import sample_group
@@ -167,11 +165,15 @@ class GRPORMClassificationLoss(nn.Module):
     def _fused_weights(self) -> tuple[float, float] | None:
         """(accuracy, uniformity) weights when the reward is one the fused kernel computes."""
         rewards = self.reward.rewards if isinstance(self.reward, SumReward) else [self.reward]
-        kinds = [type(r) for r in rewards]
-        if kinds == [AccuracyReward]:
-            return rewards[0].weight, 0.0  # type: ignore[attr-defined]
-        if kinds == [AccuracyReward, UniformityReward] and rewards[1].form == "policy":  # type: ignore[attr-defined]
-            return rewards[0].weight, rewards[1].weight  # type: ignore[attr-defined]
+        # Exact types: a subclass may override compute(), which the fused math would ignore.
+        first, *rest = rewards
+        if type(first) is not AccuracyReward:
+            return None
+        if not rest:
+            return first.weight, 0.0
+        second = rest[0]
+        if len(rest) == 1 and type(second) is UniformityReward and second.form == "policy":
+            return first.weight, second.weight
         return None
 
     def _fused(
@@ -193,13 +195,6 @@ class GRPORMClassificationLoss(nn.Module):
         )
         if accuracy is None:
             return loss, {}
-        with torch.no_grad():
-            probs = log_probs.exp()
-            stats = GRPOStats(
-                mean_reward=(probs * rewards).sum(dim=-1).mean(),
-                entropy=-(probs * log_probs).sum(dim=-1).mean(),
-                clip_fraction=logits.new_zeros(()),
-                degenerate_fraction=degenerate_groups(rewards).float().mean(),
-                kl=logits.new_zeros(()),
-            )
+        zero = logits.new_zeros(())  # one inner step, no reference: nothing clips, no KL
+        stats = GRPOStats.from_policy(log_probs, rewards, clip_fraction=zero, kl=zero)
         return loss, {**stats.as_dict(), "accuracy": accuracy}

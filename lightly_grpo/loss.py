@@ -67,6 +67,21 @@ class GRPOStats:
     degenerate_fraction: Tensor
     kl: Tensor
 
+    @classmethod
+    @torch.no_grad()
+    def from_policy(
+        cls, log_probs: Tensor, rewards: Tensor, clip_fraction: Tensor, kl: Tensor
+    ) -> GRPOStats:
+        """Statistics of a policy given its log-probabilities over the group and the rewards."""
+        probs = log_probs.exp()
+        return cls(
+            mean_reward=(probs * rewards).sum(dim=-1).mean(),
+            entropy=-(probs * log_probs).sum(dim=-1).mean(),
+            clip_fraction=clip_fraction,
+            degenerate_fraction=degenerate_groups(rewards).float().mean(),
+            kl=kl,
+        )
+
     def as_dict(self, prefix: str = "") -> dict[str, Tensor]:
         """Returns the statistics as a flat dict, keys prefixed with ``prefix``."""
         return {
@@ -227,16 +242,8 @@ class GRPORMLoss(nn.Module):
     ) -> tuple[Tensor, GRPOStats]:
         """Like ``forward`` but also returns detached :class:`GRPOStats` for logging."""
         loss, log_probs, clip_count, kl = self._loss(logits, rewards, old_logits, ref_logits)
-        with torch.no_grad():
-            probs = log_probs.exp()
-            stats = GRPOStats(
-                mean_reward=(probs * rewards).sum(dim=-1).mean(),
-                entropy=-(probs * log_probs).sum(dim=-1).mean(),
-                clip_fraction=clip_count.float() / logits.numel(),
-                degenerate_fraction=degenerate_groups(rewards).float().mean(),
-                kl=kl,
-            )
-        return loss, stats
+        clip_fraction = clip_count.float() / logits.numel()
+        return loss, GRPOStats.from_policy(log_probs, rewards, clip_fraction, kl)
 
     def _loss(
         self,
@@ -273,27 +280,16 @@ class GRPORMLoss(nn.Module):
             )
         if logits.shape[0] == 0 or logits.shape[1] == 0:
             raise ValueError(f"empty batch or group: logits have shape {tuple(logits.shape)}")
-        for name, other in (("rewards", rewards), ("old_logits", old_logits)):
+        others = {"rewards": rewards, "old_logits": old_logits, "ref_logits": ref_logits}
+        for name, other in others.items():
             if other is not None and other.shape != logits.shape:
                 raise ValueError(
                     f"{name} must have the shape of logits {tuple(logits.shape)}, "
                     f"got {tuple(other.shape)}"
                 )
-        if ref_logits is not None and ref_logits.shape != logits.shape:
-            raise ValueError(
-                f"ref_logits must have the shape of logits {tuple(logits.shape)}, "
-                f"got {tuple(ref_logits.shape)}"
-            )
         if self.beta > 0 and ref_logits is None:
             raise ValueError(f"beta={self.beta} > 0 needs ref_logits (the reference policy)")
-        check_finite(
-            {
-                "logits": logits,
-                "rewards": rewards,
-                "old_logits": old_logits,
-                "ref_logits": ref_logits,
-            }
-        )
+        check_finite({"logits": logits, **others})
 
 
 def _accuracy_uniformity_math(
@@ -312,9 +308,7 @@ def _accuracy_uniformity_math(
         rewards = torch.where(correct, accuracy_weight, probs * -uniformity_weight)
     else:
         rewards = correct.to(logits.dtype) * accuracy_weight
-    std, mean = torch.std_mean(rewards, dim=-1, keepdim=True, correction=0)
-    low, high = rewards.aminmax(dim=-1, keepdim=True)
-    advantages = (rewards - mean) * ((high != low).to(rewards.dtype) / (std + adv_eps))
+    advantages = group_advantages(rewards, adv_eps)
     # grad_j = (pi_j sum_i A_i - A_j) / (B G), and sum_i A_i = 0 (centred rewards times a per-row
     # constant; rounding leaves ~1e-7 relative), so the pi term is dropped: one pass instead of 3.
     grad = advantages * -scale

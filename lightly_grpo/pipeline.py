@@ -6,6 +6,7 @@ share one implementation; every size (epochs, batch, image count, label fraction
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -187,12 +188,12 @@ def posttrain_transform(kind: str, input_size: int, in_channels: int) -> Callabl
     )
 
 
-def _device(trainer_cfg: TrainerConfig) -> torch.device:
-    if trainer_cfg.accelerator in ("gpu", "cuda") or (
-        trainer_cfg.accelerator == "auto" and torch.cuda.is_available()
-    ):
-        return torch.device("cuda")
-    return torch.device("cpu")
+def _device(accelerator: str) -> torch.device:
+    """The torch device of a Lightning accelerator name or a device string ("auto", "gpu",
+    "cpu", "cuda:1", ...)."""
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if accelerator == "gpu" else accelerator)
 
 
 # --------------------------------------------------------------------------- pretraining
@@ -419,7 +420,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.data.seed, workers=True)
-    device = _device(cfg.trainer)
+    device = _device(cfg.trainer.accelerator)
     data = cfg.data
     plain = resolve_dataset(data.dataset, "train", None, root=data.data_root)
     labels = _dataset_labels(plain)
@@ -435,7 +436,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> dict[str, Any]:
         train_set, batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers
     )
     backbone = load_backbone(cfg.checkpoint, cfg.architecture, in_channels=data.in_channels)
-    reference = load_backbone(cfg.checkpoint, cfg.architecture, in_channels=data.in_channels)
+    reference = copy.deepcopy(backbone)  # the pretrained backbone, evaluated beside the result
     stage = build_stage(cfg, backbone, num_classes).to(device)
     stage.init_prototypes(make_loader(init_set, cfg.eval.batch_size, shuffle=False))
     # Per-epoch policy accuracy on (a subset of) the test split: the curve next to train accuracy.
@@ -516,9 +517,7 @@ def evaluate_checkpoints(
         raise ValueError(f"got {len(names)} names for {len(checkpoints)} checkpoints")
     if len(set(names)) != len(names):
         names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
+    target = _device(device)
 
     eval_data = evaluation_data(data, cfg)
     results = {}
