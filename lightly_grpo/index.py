@@ -8,16 +8,21 @@ chosen at run time:
   the chunked torch search on the same device instead (never a crash: ``faiss.knn_gpu`` aborts
   the process on a machine without a usable GPU, so GPU functions are only called after
   ``get_num_gpus()`` said there is one).
+- ``"tiled"``: CPU search in cache-sized tiles with this package's compiled streaming top-k
+  (:mod:`lightly_grpo.tiled_search`); leave-one-out searches compute each dot product once.
+  The default on the CPU when the extension was built (it is, wherever a C++ compiler was
+  present at install time).
 - ``"faiss"``: FAISS on the CPU (``faiss-cpu`` or the CPU indexes of ``faiss-gpu``).
-- ``"torch"``: exact chunked ``mm`` + ``topk`` on the data's device; used when FAISS is not
-  installed or when asked for.
+- ``"torch"``: exact chunked ``mm`` + ``topk`` on the data's device; used when neither of the
+  above is available, on CUDA without FAISS, or when asked for.
 
 All backends are exact and memory-bounded: queries are processed in chunks, so Q queries against
 N references never materialise a Q x N matrix (FAISS blocks its own search internally; the torch
-path holds one ``chunk x N`` block). Results are sorted best first. Among equal scores the lowest
-reference indices are kept and listed in ascending order, on every backend: this is what FAISS's
-L2 search (and so pytorch-metric-learning's default ``FaissKNN``) returns, which makes
-leave-one-out metrics on duplicated embeddings reproducible across backends.
+path holds one ``chunk x N`` block, the tiled path one tile and a candidate buffer per query).
+Results are sorted best first. Among equal scores the lowest reference indices are kept and
+listed in ascending order, on every backend: this is what FAISS's L2 search (and so
+pytorch-metric-learning's default ``FaissKNN``) returns, which makes leave-one-out metrics on
+duplicated embeddings reproducible across backends.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightly_grpo.tiled_search import candidate_capacity, tiled_available, tiled_knn_chunks
+
 faiss: Any
 try:  # faiss-cpu and faiss-gpu are two extras of this package; either one imports as `faiss`.
     import faiss
@@ -40,7 +47,7 @@ except ImportError:  # pragma: no cover - exercised only where FAISS is not inst
 Metric = Literal["ip", "l2"]
 ArrayLike = Tensor | np.ndarray
 
-BACKENDS = ("auto", "faiss", "faiss-gpu", "torch")
+BACKENDS = ("auto", "faiss", "faiss-gpu", "tiled", "torch")
 FAISS_GPU_MAX_K = 2048
 # Working memory one search chunk may use (similarity block, results, caller's per-chunk work).
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
@@ -66,6 +73,8 @@ def available_backends() -> list[str]:
     backends = []
     if faiss_num_gpus() > 0:
         backends.append("faiss-gpu")
+    if tiled_available():
+        backends.append("tiled")
     if faiss is not None:
         backends.append("faiss")
     backends.append("torch")
@@ -76,11 +85,12 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
     """Turns a backend request into the backend that will run.
 
     Args:
-        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``.
-        device: Device of the data. FAISS runs on the GPU only for CUDA data.
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``.
+        device: Device of the data. FAISS runs on the GPU only for CUDA data; ``"tiled"``
+            only on the CPU.
 
     Returns:
-        ``"faiss-gpu"``, ``"faiss"`` or ``"torch"``.
+        ``"faiss-gpu"``, ``"faiss"``, ``"tiled"`` or ``"torch"``.
 
     Raises:
         ValueError: If the backend is unknown or not available here.
@@ -94,6 +104,16 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
     on_cuda = device is not None and torch.device(device).type == "cuda"
     if backend == "torch":
         return "torch"
+    if backend == "tiled" or (backend == "auto" and not on_cuda and tiled_available()):
+        if not tiled_available():
+            raise ValueError(
+                "backend='tiled' needs the compiled extension lightly_grpo._tiled_topk, which "
+                "was not built (no C++ compiler at install time); reinstall with one, or use "
+                "backend='faiss' or 'torch'"
+            )
+        if on_cuda:
+            raise ValueError(f"backend='tiled' runs on the CPU, got data on {device}")
+        return "tiled"
     if faiss is None:
         if backend == "auto":
             return "torch"
@@ -315,12 +335,21 @@ def iter_knn_search(
             len(r),
             k,
             similarity_block=resolved == "torch",
-            extra_bytes_per_query=extra_bytes_per_query,
+            # The tiled backend buffers up to candidate_capacity(k) 8-byte candidates per query.
+            extra_bytes_per_query=extra_bytes_per_query
+            + (8 * candidate_capacity(k) if resolved == "tiled" else 0),
             # GPUs need bigger chunks to be busy; 1 GiB is small next to their memory.
             memory_budget=DEFAULT_MEMORY_BUDGET_BYTES * (4 if q.device.type == "cuda" else 1),
         )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if resolved == "tiled":
+        # Exact with the same tie order as the torch path; a leave-one-out search over all
+        # items is symmetric when its candidate buffers fit the budget (tiled_search.py).
+        yield from tiled_knn_chunks(
+            q, r, k, metric=metric, exclude_self=exclude_self, chunk_size=chunk_size
+        )
+        return
     r_np = r.cpu().numpy() if resolved == "faiss" else None
     r_sq = (r * r).sum(dim=1) if metric == "l2" else None
     # FAISS gets one extra result to detect a tie across the k-th place (see below).
@@ -372,7 +401,8 @@ def knn_search(
         k: Number of neighbours per query, ``1 <= k <= N`` (``N - 1`` with ``exclude_self``).
         metric: ``"ip"`` (inner product, largest first; cosine on normalised inputs) or
             ``"l2"`` (squared Euclidean distance, smallest first).
-        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``, see the module doc.
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``, see the
+            module doc.
         chunk_size: Queries per chunk; ``None`` picks it from a 256 MiB working-memory budget.
         exclude_self: Leave-one-out search: query i is reference i and is dropped from its own
             results (k+1 are searched and the own index removed; a row whose own index is not
@@ -442,7 +472,9 @@ def spherical_kmeans(
         num_clusters: Number of clusters K, ``1 <= K <= N``.
         iterations: Number of Lloyd iterations.
         seed: Seed of the k-means++ initialisation.
-        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"`` or ``"torch"``.
+        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``
+            (``"tiled"`` has no k-means of its own: Lloyd's iterations run in FAISS when it is
+            installed, else in torch; the final assignment uses the tiled search).
 
     Returns:
         ``(centroids, assignments)``: unit-norm (K, D) float32 centroids and (N,) int64 cluster
@@ -470,6 +502,8 @@ def spherical_kmeans(
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     resolved = resolve_backend(backend, t.device)
+    if resolved == "tiled":
+        resolved = "faiss" if faiss is not None else "torch"
     xn = F.normalize(t, dim=1)
     generator = torch.Generator().manual_seed(seed)
     centroids = _kmeans_plus_plus(xn, num_clusters, generator)

@@ -22,6 +22,12 @@ from lightly_grpo.index import (
 )
 
 needs_faiss = pytest.mark.skipif(index.faiss is None, reason="FAISS is not installed")
+CPU_BACKENDS = ["faiss", "tiled", "torch"]
+
+
+def _skip_unavailable(backend: str) -> None:
+    if backend not in available_backends():
+        pytest.skip(f"backend {backend!r} is not available here")
 
 
 def _random(n: int = 1500, d: int = 48, seed: int = 0) -> torch.Tensor:
@@ -79,6 +85,19 @@ def test_faiss_and_torch_agree_on_real_embeddings(
         _assert_same_neighbors(faiss_res, torch_res)
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_tiled_and_torch_agree_on_random_and_real_embeddings(
+    fashion_pca: torch.Tensor, digits: torch.Tensor, metric: str
+) -> None:
+    _skip_unavailable("tiled")
+    q, r = _random(400, seed=1), _random(1500, seed=2)
+    pairs = [(q, r, False), (fashion_pca, fashion_pca, True), (digits, digits, True)]
+    for a, b, loo in pairs:
+        tiled = knn_search(a, b, 15, metric=metric, backend="tiled", exclude_self=loo)
+        torch_res = knn_search(a, b, 15, metric=metric, backend="torch", exclude_self=loo)
+        _assert_same_neighbors(tiled, torch_res)
+
+
 def test_values_are_exact_similarities_and_distances() -> None:
     q, r = _random(50, seed=3), _random(300, seed=4)
     sims, idx = knn_search(q, r, 7, backend="torch")
@@ -91,10 +110,9 @@ def test_values_are_exact_similarities_and_distances() -> None:
     assert (dists[:, :-1] <= dists[:, 1:]).all()
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_chunked_equals_unchunked(backend: str) -> None:
-    if backend == "faiss" and index.faiss is None:
-        pytest.skip("FAISS is not installed")
+    _skip_unavailable(backend)
     x = _random(700, seed=5)
     whole = knn_search(x, x, 12, backend=backend, chunk_size=700, exclude_self=True)
     for chunk in (1, 33, 256):
@@ -105,10 +123,9 @@ def test_chunked_equals_unchunked(backend: str) -> None:
     assert [start for start, _, _ in chunks] == [0, 256, 512]
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_exclude_self_drops_the_query(backend: str) -> None:
-    if backend == "faiss" and index.faiss is None:
-        pytest.skip("FAISS is not installed")
+    _skip_unavailable(backend)
     x = _random(300, seed=6)
     sims, idx = knn_search(x, x, 5, backend=backend, exclude_self=True)
     assert not (idx == torch.arange(300)[:, None]).any()
@@ -117,10 +134,9 @@ def test_exclude_self_drops_the_query(backend: str) -> None:
     assert torch.equal(with_self[1][:, 1:], idx)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_exclude_self_with_duplicates_and_tie_order(backend: str) -> None:
-    if backend == "faiss" and index.faiss is None:
-        pytest.skip("FAISS is not installed")
+    _skip_unavailable(backend)
     base = _random(50, seed=7)
     x = torch.cat([base, base, base])  # Every item has two exact duplicates.
     sims, idx = knn_search(x, x, 4, backend=backend, exclude_self=True)
@@ -158,6 +174,9 @@ def test_backends_agree_exactly_on_exact_ties(k: int) -> None:
         a = knn_search(x, x, k, metric=metric, backend="faiss", exclude_self=True)
         b = knn_search(x, x, k, metric=metric, backend="torch", exclude_self=True)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        if "tiled" in available_backends():
+            c = knn_search(x, x, k, metric=metric, backend="tiled", exclude_self=True)
+            assert torch.equal(c[0], b[0]) and torch.equal(c[1], b[1])
         sims = x @ x.T
         sims.fill_diagonal_(-math.inf)
         order = sims.sort(dim=1, descending=True, stable=True).indices[:, :k]
@@ -179,14 +198,21 @@ def test_numpy_input_and_k_equal_to_all_references() -> None:
 def test_backend_resolution() -> None:
     assert resolve_backend("torch") == "torch"
     assert available_backends()[-1] == "torch"
-    if index.faiss is not None:
+    if index.tiled_available():
+        # The compiled tiled search is the CPU default wherever it was built.
+        assert resolve_backend("auto") == "tiled"
+        assert resolve_backend("auto", "cpu") == "tiled"
+        assert available_backends().index("tiled") < available_backends().index("torch")
+    elif index.faiss is not None:
         assert resolve_backend("auto") == "faiss"
         assert resolve_backend("auto", "cpu") == "faiss"
+    if index.faiss is not None:
+        assert resolve_backend("faiss", "cpu") == "faiss"
         if index.faiss_num_gpus() == 0:
             with pytest.raises(ValueError, match="faiss-gpu"):
                 resolve_backend("faiss-gpu", "cpu")
     else:
-        assert resolve_backend("auto") == "torch"
+        assert resolve_backend("auto") in ("tiled", "torch")
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("annoy")
 
@@ -199,10 +225,9 @@ def test_auto_chunk_size_bounds_memory() -> None:
     assert big * 2_000_000 * 4 <= index.DEFAULT_MEMORY_BUDGET_BYTES
 
 
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_spherical_kmeans_recovers_separated_clusters(backend: str) -> None:
-    if backend == "faiss" and index.faiss is None:
-        pytest.skip("FAISS is not installed")
+    _skip_unavailable(backend)
     g = torch.Generator().manual_seed(0)
     centres = F.normalize(torch.randn(6, 32, generator=g), dim=1)
     truth = torch.arange(600) % 6

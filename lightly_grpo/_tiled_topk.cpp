@@ -1,0 +1,638 @@
+// Exact streaming top-k selection over similarity tiles: the compiled half of
+// lightly_grpo.tiled_search.
+//
+// Python computes one cache-sized tile of scores at a time (torch.mm into a reused buffer) and
+// hands it here. Each state row keeps a buffer of `cap` candidates and a threshold (the k-th best
+// candidate seen so far, once the buffer has overflowed). A tile is scanned with a vector compare
+// against the thresholds; the rare scores that pass are appended, and a full buffer is cut back
+// to its k best with nth_element. In symmetric mode an off-diagonal tile serves both its rows and,
+// read column-wise, the rows of its columns, so a leave-one-out search computes each dot product
+// once.
+//
+// Order: score descending, then original id ascending (a total order, so results are exact and
+// reproducible: among equal scores the lowest ids win, as in the rest of the index layer).
+//
+// Plain CPython API, buffers via the buffer protocol (numpy arrays): no numpy or torch headers.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define LG_X86 1
+#else
+#define LG_X86 0
+#endif
+
+namespace {
+
+// A candidate is one uint64: the score's bits mapped to an unsigned order in the high half, the
+// complement of its id in the low half. Larger key = better (higher score, then lower id), so
+// every comparison is one integer compare.
+inline uint64_t make_key(float v, int32_t id) {
+    if (v == 0.0f) v = 0.0f;  // -0.0 and +0.0 tie, as they do as floats.
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    bits ^= (bits >> 31) ? 0xFFFFFFFFu : 0x80000000u;
+    return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(id));
+}
+
+inline float key_score(uint64_t key) {
+    uint32_t bits = static_cast<uint32_t>(key >> 32);
+    bits = (bits & 0x80000000u) ? bits ^ 0x80000000u : ~bits;
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+}
+
+inline int64_t key_id(uint64_t key) {
+    return static_cast<int32_t>(~static_cast<uint32_t>(key & 0xFFFFFFFFu));
+}
+
+struct State {
+    uint64_t* entries;  // rows x cap candidate keys
+    int32_t* counts;    // rows
+    float* thr_v;       // rows: score of the threshold (for the vector pre-filter)
+    uint64_t* thr_key;  // rows: a candidate must have a larger key (0: accept everything)
+    int64_t cap;
+    int64_t k;
+};
+
+// Appends (v, id) to state row `row` if it beats the row's threshold; cuts a full buffer back to
+// its k best.
+inline void consider(const State& s, int64_t row, float v, int32_t id) {
+    const uint64_t key = make_key(v, id);
+    if (key <= s.thr_key[row]) return;
+    uint64_t* buf = s.entries + row * s.cap;
+    int32_t c = s.counts[row];
+    buf[c++] = key;
+    if (c == s.cap) {
+        std::nth_element(buf, buf + (s.k - 1), buf + s.cap, std::greater<uint64_t>());
+        c = static_cast<int32_t>(s.k);
+        s.thr_key[row] = buf[s.k - 1];
+        s.thr_v[row] = key_score(buf[s.k - 1]);
+    }
+    s.counts[row] = c;
+}
+
+struct Tile {
+    const float* data;
+    int64_t m, n, ld;
+    float scale;             // score = scale * data - bias
+    const float* col_bias;   // n values (row side) or nullptr
+    const float* row_bias;   // m values (column side) or nullptr
+    const int32_t* row_ids;  // original ids of the tile rows
+    const int32_t* col_ids;  // original ids of the tile columns
+    int64_t row_state0;      // state row of tile row 0
+    int64_t col_state0;      // state row of tile column 0 (symmetric mode)
+    bool skip_self;          // skip pairs with equal ids
+};
+
+inline float score_at(const Tile& t, int64_t i, int64_t j, bool row_side) {
+    float v = t.scale * t.data[i * t.ld + j];
+    if (row_side) {
+        if (t.col_bias) v -= t.col_bias[j];
+    } else {
+        if (t.row_bias) v -= t.row_bias[i];
+    }
+    return v;
+}
+
+// ---- row side: tile row i competes for state row row_state0 + i ------------------------------
+
+void rows_scalar(const State& s, const Tile& t, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t row = t.row_state0 + i;
+        const int32_t rid = t.row_ids[i];
+        for (int64_t j = 0; j < t.n; ++j) {
+            const float v = score_at(t, i, j, true);
+            if (v < s.thr_v[row]) continue;
+            const int32_t cid = t.col_ids[j];
+            if (t.skip_self && cid == rid) continue;
+            consider(s, row, v, cid);
+        }
+    }
+}
+
+#if LG_X86
+__attribute__((target("avx2,fma"))) void rows_avx2(const State& s, const Tile& t, int64_t i0,
+                                                   int64_t i1) {
+    const __m256 scale = _mm256_set1_ps(t.scale);
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t row = t.row_state0 + i;
+        const int32_t rid = t.row_ids[i];
+        const float* p = t.data + i * t.ld;
+        int64_t j = 0;
+        for (; j + 8 <= t.n; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + j), scale);
+            if (t.col_bias) v = _mm256_sub_ps(v, _mm256_loadu_ps(t.col_bias + j));
+            // >= keeps ties with the threshold; consider() settles them by id.
+            const __m256 thr = _mm256_set1_ps(s.thr_v[row]);
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, thr, _CMP_GE_OQ));
+            while (mask) {
+                const int b = __builtin_ctz(mask);
+                mask &= mask - 1;
+                const int32_t cid = t.col_ids[j + b];
+                if (t.skip_self && cid == rid) continue;
+                consider(s, row, score_at(t, i, j + b, true), cid);
+            }
+        }
+        for (; j < t.n; ++j) {
+            const float v = score_at(t, i, j, true);
+            if (v < s.thr_v[row]) continue;
+            const int32_t cid = t.col_ids[j];
+            if (t.skip_self && cid == rid) continue;
+            consider(s, row, v, cid);
+        }
+    }
+}
+#endif
+
+// ---- column side: tile column j competes for state row col_state0 + j -------------------------
+
+void cols_scalar(const State& s, const Tile& t, int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < t.m; ++i) {
+        const int32_t rid = t.row_ids[i];
+        for (int64_t j = j0; j < j1; ++j) {
+            const int64_t row = t.col_state0 + j;
+            const float v = score_at(t, i, j, false);
+            if (v < s.thr_v[row]) continue;
+            if (t.skip_self && t.col_ids[j] == rid) continue;
+            consider(s, row, v, rid);
+        }
+    }
+}
+
+#if LG_X86
+__attribute__((target("avx2,fma"))) void cols_avx2(const State& s, const Tile& t, int64_t j0,
+                                                   int64_t j1) {
+    const __m256 scale = _mm256_set1_ps(t.scale);
+    const float* thr = s.thr_v + t.col_state0;
+    for (int64_t i = 0; i < t.m; ++i) {
+        const int32_t rid = t.row_ids[i];
+        const float* p = t.data + i * t.ld;
+        const __m256 bias = _mm256_set1_ps(t.row_bias ? t.row_bias[i] : 0.0f);
+        int64_t j = j0;
+        for (; j + 8 <= j1; j += 8) {
+            const __m256 v = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p + j), scale), bias);
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_loadu_ps(thr + j), _CMP_GE_OQ));
+            while (mask) {
+                const int b = __builtin_ctz(mask);
+                mask &= mask - 1;
+                if (t.skip_self && t.col_ids[j + b] == rid) continue;
+                consider(s, t.col_state0 + j + b, score_at(t, i, j + b, false), rid);
+            }
+        }
+        for (; j < j1; ++j) {
+            const int64_t row = t.col_state0 + j;
+            const float v = score_at(t, i, j, false);
+            if (v < s.thr_v[row]) continue;
+            if (t.skip_self && t.col_ids[j] == rid) continue;
+            consider(s, row, v, rid);
+        }
+    }
+}
+#endif
+
+bool use_avx2() {
+#if LG_X86
+    static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return has;
+#else
+    return false;
+#endif
+}
+
+void run_rows(const State& s, const Tile& t, int64_t i0, int64_t i1) {
+#if LG_X86
+    if (use_avx2()) return rows_avx2(s, t, i0, i1);
+#endif
+    rows_scalar(s, t, i0, i1);
+}
+
+void run_cols(const State& s, const Tile& t, int64_t j0, int64_t j1) {
+#if LG_X86
+    if (use_avx2()) return cols_avx2(s, t, j0, j1);
+#endif
+    cols_scalar(s, t, j0, j1);
+}
+
+// Runs tasks on up to `threads` threads (the calling thread included).
+template <typename F>
+void parallel(int threads, int tasks, F&& fn) {
+    threads = std::max(1, std::min(threads, tasks));
+    if (threads == 1) {
+        for (int task = 0; task < tasks; ++task) fn(task);
+        return;
+    }
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    for (int w = 1; w < threads; ++w) {
+        pool.emplace_back([&, w] {
+            for (int task = w; task < tasks; task += threads) fn(task);
+        });
+    }
+    for (int task = 0; task < tasks; task += threads) fn(task);
+    for (auto& th : pool) th.join();
+}
+
+// ---- buffer helpers --------------------------------------------------------------------------
+
+struct Buffers {
+    std::vector<Py_buffer> views;
+    ~Buffers() {
+        for (auto& v : views) PyBuffer_Release(&v);
+    }
+    // Returns nullptr (with a Python error set) when obj is not a buffer of `count` items of
+    // `itemsize` bytes.
+    void* get(PyObject* obj, const char* name, Py_ssize_t count, Py_ssize_t itemsize,
+              bool writable) {
+        Py_buffer view;
+        int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(obj, &view, flags) != 0) return nullptr;
+        views.push_back(view);
+        if (view.len != count * itemsize) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, expected %zd (%zd x %zd)", name,
+                         view.len, count * itemsize, count, itemsize);
+            return nullptr;
+        }
+        return view.buf;
+    }
+};
+
+bool make_state(Buffers& b, PyObject* entries, PyObject* counts, PyObject* thr_v,
+                PyObject* thr_key, Py_ssize_t rows, Py_ssize_t cap, Py_ssize_t k, State& s) {
+    if (k < 1 || cap <= k) {
+        PyErr_Format(PyExc_ValueError, "need 1 <= k < cap, got k=%zd, cap=%zd", k, cap);
+        return false;
+    }
+    s.entries = static_cast<uint64_t*>(b.get(entries, "entries", rows * cap, 8, true));
+    if (!s.entries) return false;
+    s.counts = static_cast<int32_t*>(b.get(counts, "counts", rows, 4, true));
+    if (!s.counts) return false;
+    s.thr_v = static_cast<float*>(b.get(thr_v, "thr_v", rows, 4, true));
+    if (!s.thr_v) return false;
+    s.thr_key = static_cast<uint64_t*>(b.get(thr_key, "thr_key", rows, 8, true));
+    if (!s.thr_key) return false;
+    s.cap = cap;
+    s.k = k;
+    return true;
+}
+
+// push_tile(entries, counts, thr_v, thr_key, rows, cap, k,
+//           tile, m, n, ld, scale, col_bias, row_bias, row_ids, col_ids,
+//           row_state0, col_state0, skip_self, threads)
+// col_state0 < 0: rows only. col_bias / row_bias may be None.
+PyObject* push_tile(PyObject*, PyObject* args) {
+    PyObject *entries, *counts, *thr_v, *thr_key, *tile, *col_bias, *row_bias, *row_ids, *col_ids;
+    Py_ssize_t rows, cap, k, m, n, ld, row_state0, col_state0;
+    float scale;
+    int skip_self, threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnOnnnfOOOOnnpi", &entries, &counts, &thr_v, &thr_key,
+                          &rows, &cap, &k, &tile, &m, &n, &ld, &scale, &col_bias, &row_bias,
+                          &row_ids, &col_ids, &row_state0, &col_state0, &skip_self, &threads))
+        return nullptr;
+    Buffers b;
+    State s;
+    if (!make_state(b, entries, counts, thr_v, thr_key, rows, cap, k, s)) return nullptr;
+    if (m < 1 || n < 1 || ld < n) {
+        PyErr_Format(PyExc_ValueError, "bad tile shape m=%zd n=%zd ld=%zd", m, n, ld);
+        return nullptr;
+    }
+    const bool symmetric = col_state0 >= 0;
+    if (row_state0 < 0 || row_state0 + m > rows || (symmetric && col_state0 + n > rows)) {
+        PyErr_Format(PyExc_ValueError, "tile rows/columns outside the state (rows=%zd)", rows);
+        return nullptr;
+    }
+    Tile t;
+    // The tile buffer may be larger than m x ld (a reused buffer); check it is large enough.
+    {
+        Py_buffer view;
+        if (PyObject_GetBuffer(tile, &view, PyBUF_C_CONTIGUOUS) != 0) return nullptr;
+        b.views.push_back(view);
+        if (view.len < static_cast<Py_ssize_t>(((m - 1) * ld + n) * 4)) {
+            PyErr_Format(PyExc_ValueError, "tile holds %zd bytes, too small for %zd x %zd (ld %zd)",
+                         view.len, m, n, ld);
+            return nullptr;
+        }
+        t.data = static_cast<const float*>(view.buf);
+    }
+    t.m = m;
+    t.n = n;
+    t.ld = ld;
+    t.scale = scale;
+    t.col_bias = nullptr;
+    t.row_bias = nullptr;
+    if (col_bias != Py_None) {
+        t.col_bias = static_cast<const float*>(b.get(col_bias, "col_bias", n, 4, false));
+        if (!t.col_bias) return nullptr;
+    }
+    if (row_bias != Py_None) {
+        t.row_bias = static_cast<const float*>(b.get(row_bias, "row_bias", m, 4, false));
+        if (!t.row_bias) return nullptr;
+    }
+    t.row_ids = static_cast<const int32_t*>(b.get(row_ids, "row_ids", m, 4, false));
+    if (!t.row_ids) return nullptr;
+    t.col_ids = static_cast<const int32_t*>(b.get(col_ids, "col_ids", n, 4, false));
+    if (!t.col_ids) return nullptr;
+    t.row_state0 = row_state0;
+    t.col_state0 = col_state0;
+    t.skip_self = skip_self != 0;
+
+    Py_BEGIN_ALLOW_THREADS;
+    if (!symmetric) {
+        // Disjoint row ranges per thread.
+        const int parts = std::max(1, threads);
+        parallel(threads, parts, [&](int task) {
+            const int64_t i0 = m * task / parts, i1 = m * (task + 1) / parts;
+            run_rows(s, t, i0, i1);
+        });
+    } else {
+        // Row side and column side touch disjoint state rows (different tiles of one band
+        // pair), so they run side by side; each side is split further when threads allow.
+        const int row_parts = std::max(1, threads / 2);
+        const int col_parts = std::max(1, threads - row_parts);
+        parallel(threads, row_parts + col_parts, [&](int task) {
+            if (task < row_parts) {
+                run_rows(s, t, m * task / row_parts, m * (task + 1) / row_parts);
+            } else {
+                const int c = task - row_parts;
+                // Column ranges on multiples of 8 keep the vector loop aligned to the tile.
+                int64_t j0 = (n * c / col_parts) & ~int64_t(7);
+                int64_t j1 = c + 1 == col_parts ? n : (n * (c + 1) / col_parts) & ~int64_t(7);
+                run_cols(s, t, j0, j1);
+            }
+        });
+    }
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+int64_t count_at_least_scalar(const float* v, int64_t n, float t) {
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; ++j) c += v[j] >= t;
+    return c;
+}
+
+#if LG_X86
+__attribute__((target("avx2,popcnt"))) int64_t count_at_least_avx2(const float* v, int64_t n,
+                                                                  float t) {
+    const __m256 tv = _mm256_set1_ps(t);
+    int64_t c = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        c += __builtin_popcount(
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + j), tv, _CMP_GE_OQ)));
+    }
+    return c + count_at_least_scalar(v + j, n - j, t);
+}
+#endif
+
+void min_max_scalar(const float* v, int64_t n, float& lo, float& hi) {
+    for (int64_t j = 0; j < n; ++j) {
+        lo = std::min(lo, v[j]);
+        hi = std::max(hi, v[j]);
+    }
+}
+
+#if LG_X86
+__attribute__((target("avx2"))) void min_max_avx2(const float* v, int64_t n, float& lo,
+                                                  float& hi) {
+    __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 x = _mm256_loadu_ps(v + j);
+        vlo = _mm256_min_ps(vlo, x);
+        vhi = _mm256_max_ps(vhi, x);
+    }
+    alignas(32) float a[8], b[8];
+    _mm256_store_ps(a, vlo);
+    _mm256_store_ps(b, vhi);
+    for (int l = 0; l < 8; ++l) {
+        lo = std::min(lo, a[l]);
+        hi = std::max(hi, b[l]);
+    }
+    min_max_scalar(v + j, n - j, lo, hi);
+}
+#endif
+
+int64_t count_at_least(const float* v, int64_t n, float t) {
+#if LG_X86
+    if (use_avx2()) return count_at_least_avx2(v, n, t);
+#endif
+    return count_at_least_scalar(v, n, t);
+}
+
+// A value t with at least `rank` of the n values >= t and at most about rank * 1.03 + 1 of them
+// (or t within (max - min) / 2**16 of the rank-th largest): bisection with vectorised counting,
+// much cheaper than a selection over the thousands of values of a sample row.
+float rank_lower_bound(const float* v, int64_t n, int64_t rank) {
+    // -inf marks the excluded self score; it never counts, so it must not set the range.
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+#if LG_X86
+    if (use_avx2()) {
+        min_max_avx2(v, n, lo, hi);
+    } else {
+        min_max_scalar(v, n, lo, hi);
+    }
+#else
+    min_max_scalar(v, n, lo, hi);
+#endif
+    if (lo == -std::numeric_limits<float>::infinity()) {
+        float second = std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+            if (v[j] != lo) second = std::min(second, v[j]);
+        }
+        lo = second;
+    }
+    // Invariant: count(>= lo) >= rank; count(>= hi) < rank unless hi is the rank-th largest.
+    if (count_at_least(v, n, hi) >= rank) return hi;
+    const int64_t enough = rank + rank / 32 + 1;
+    for (int it = 0; it < 16; ++it) {
+        const float mid = lo + (hi - lo) * 0.5f;
+        if (!(mid > lo && mid < hi)) break;
+        const int64_t c = count_at_least(v, n, mid);
+        if (c >= rank) {
+            lo = mid;
+            if (c <= enough) break;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// set_thresholds(entries, counts, thr_v, thr_key, rows, cap, k, tile, m, n, ld, scale, col_bias,
+//                row_ids, col_ids, row_state0, skip_self, rank, threads)
+// Starts each tile row's state (if it is still empty) at the rank-th best score of the row, a
+// random sample of the references: lower scores are never pushed. The caller picks the rank so
+// that, with high probability, at least k of all scores reach it; rows where fewer do end with
+// fewer than k candidates and are searched again without a threshold (see tiled_search.py).
+PyObject* set_thresholds(PyObject*, PyObject* args) {
+    PyObject *entries, *counts, *thr_v, *thr_key, *tile, *col_bias, *row_ids, *col_ids;
+    Py_ssize_t rows, cap, k, m, n, ld, row_state0, rank;
+    float scale;
+    int skip_self, threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnOnnnfOOOnpni", &entries, &counts, &thr_v, &thr_key, &rows,
+                          &cap, &k, &tile, &m, &n, &ld, &scale, &col_bias, &row_ids, &col_ids,
+                          &row_state0, &skip_self, &rank, &threads))
+        return nullptr;
+    Buffers b;
+    State s;
+    if (!make_state(b, entries, counts, thr_v, thr_key, rows, cap, k, s)) return nullptr;
+    if (m < 1 || n < 1 || ld < n || rank < 1 || row_state0 < 0 || row_state0 + m > rows) {
+        PyErr_Format(PyExc_ValueError, "bad threshold tile m=%zd n=%zd ld=%zd rank=%zd", m, n, ld,
+                     rank);
+        return nullptr;
+    }
+    auto* data = static_cast<const float*>(b.get(tile, "tile", m * ld, 4, false));
+    if (!data) return nullptr;
+    const float* cb = nullptr;
+    if (col_bias != Py_None) {
+        cb = static_cast<const float*>(b.get(col_bias, "col_bias", n, 4, false));
+        if (!cb) return nullptr;
+    }
+    auto* rids = static_cast<const int32_t*>(b.get(row_ids, "row_ids", m, 4, false));
+    if (!rids) return nullptr;
+    auto* cids = static_cast<const int32_t*>(b.get(col_ids, "col_ids", n, 4, false));
+    if (!cids) return nullptr;
+    Py_BEGIN_ALLOW_THREADS;
+    const int parts = std::max(1, threads);
+    parallel(threads, parts, [&](int task) {
+        std::vector<float> vals(n);
+        for (int64_t i = m * task / parts; i < m * (task + 1) / parts; ++i) {
+            const int64_t row = row_state0 + i;
+            if (s.counts[row] != 0) continue;  // Already streaming: keep its exact threshold.
+            const float* p = data + i * ld;
+            for (int64_t j = 0; j < n; ++j) vals[j] = scale * p[j];
+            if (cb) {
+                for (int64_t j = 0; j < n; ++j) vals[j] -= cb[j];
+            }
+            int64_t c = n;
+            if (skip_self) {
+                for (int64_t j = 0; j < n; ++j) {
+                    if (cids[j] == rids[i]) {
+                        vals[j] = -std::numeric_limits<float>::infinity();  // never counted
+                        --c;
+                    }
+                }
+            }
+            if (rank > c) continue;  // Sample too small: no threshold.
+            const float t = rank_lower_bound(vals.data(), n, rank);
+            // Key of (t, id 2**31 - 1): every real candidate scoring >= t passes.
+            s.thr_key[row] = make_key(t, std::numeric_limits<int32_t>::max());
+            s.thr_v[row] = t;
+        }
+    });
+    Py_END_ALLOW_THREADS;
+    Py_RETURN_NONE;
+}
+
+// Sorts keys descending with an LSD radix sort over bytes (stable, so byte by byte from the
+// least significant gives the full order). Passes where every key has the same byte are skipped:
+// the keys of one query share most high bytes. About 4x faster than std::sort for the few
+// hundred to few thousand candidates of a query. Returns the buffer holding the result.
+uint64_t* radix_sort_desc(uint64_t* a, uint64_t* tmp, int64_t n) {
+    for (int shift = 0; shift < 64; shift += 8) {
+        int64_t count[256] = {0};
+        for (int64_t i = 0; i < n; ++i) ++count[((~a[i]) >> shift) & 0xFF];
+        if (count[((~a[0]) >> shift) & 0xFF] == n) continue;
+        int64_t pos = 0;
+        for (auto& c : count) {
+            const int64_t here = c;
+            c = pos;
+            pos += here;
+        }
+        for (int64_t i = 0; i < n; ++i) tmp[count[((~a[i]) >> shift) & 0xFF]++] = a[i];
+        std::swap(a, tmp);
+    }
+    return a;
+}
+
+// finalize(entries, counts, thr_v, thr_key, rows, cap, k, state_rows, num, out_values, out_ids,
+//          threads)
+// Writes the k best candidates of each listed state row, best first, into row r of the outputs
+// (float32 and int64, num x k). Returns the number of rows with fewer than k candidates (their
+// missing places hold -inf and -1).
+PyObject* finalize(PyObject*, PyObject* args) {
+    PyObject *entries, *counts, *thr_v, *thr_key, *state_rows, *out_values, *out_ids;
+    Py_ssize_t rows, cap, k, num;
+    int threads;
+    if (!PyArg_ParseTuple(args, "OOOOnnnOnOOi", &entries, &counts, &thr_v, &thr_key, &rows, &cap,
+                          &k, &state_rows, &num, &out_values, &out_ids, &threads))
+        return nullptr;
+    Buffers b;
+    State s;
+    if (!make_state(b, entries, counts, thr_v, thr_key, rows, cap, k, s)) return nullptr;
+    auto* which = static_cast<const int32_t*>(b.get(state_rows, "state_rows", num, 4, false));
+    if (!which) return nullptr;
+    auto* values = static_cast<float*>(b.get(out_values, "out_values", num * k, 4, true));
+    if (!values) return nullptr;
+    auto* ids = static_cast<int64_t*>(b.get(out_ids, "out_ids", num * k, 8, true));
+    if (!ids) return nullptr;
+    for (Py_ssize_t r = 0; r < num; ++r) {
+        if (which[r] < 0 || which[r] >= rows) {
+            PyErr_Format(PyExc_ValueError, "state row %d outside [0, %zd)", which[r], rows);
+            return nullptr;
+        }
+    }
+    std::vector<int64_t> short_rows(std::max(1, threads), 0);
+    Py_BEGIN_ALLOW_THREADS;
+    const int parts = std::max(1, threads);
+    parallel(threads, parts, [&](int task) {
+        std::vector<uint64_t> tmp(s.cap);
+        for (int64_t r = num * task / parts; r < num * (task + 1) / parts; ++r) {
+            const int64_t c = s.counts[which[r]];
+            const int64_t keep = std::min<int64_t>(c, s.k);
+            if (c == 0) {
+                ++short_rows[task];
+                for (int64_t j = 0; j < s.k; ++j) {
+                    values[r * s.k + j] = -std::numeric_limits<float>::infinity();
+                    ids[r * s.k + j] = -1;
+                }
+                continue;
+            }
+            const uint64_t* buf =
+                radix_sort_desc(s.entries + static_cast<int64_t>(which[r]) * s.cap, tmp.data(), c);
+            for (int64_t j = 0; j < keep; ++j) {
+                values[r * s.k + j] = key_score(buf[j]);
+                ids[r * s.k + j] = key_id(buf[j]);
+            }
+            for (int64_t j = keep; j < s.k; ++j) {
+                values[r * s.k + j] = -std::numeric_limits<float>::infinity();
+                ids[r * s.k + j] = -1;
+            }
+            if (keep < s.k) ++short_rows[task];
+        }
+    });
+    Py_END_ALLOW_THREADS;
+    int64_t total = 0;
+    for (auto v : short_rows) total += v;
+    return PyLong_FromLongLong(total);
+}
+
+PyObject* has_avx2(PyObject*, PyObject*) { return PyBool_FromLong(use_avx2()); }
+
+PyMethodDef methods[] = {
+    {"push_tile", push_tile, METH_VARARGS, "Streams one score tile into the top-k state."},
+    {"set_thresholds", set_thresholds, METH_VARARGS, "Starts rows at a sampled threshold."},
+    {"finalize", finalize, METH_VARARGS, "Writes the sorted top-k of the given state rows."},
+    {"has_avx2", has_avx2, METH_NOARGS, "Whether the AVX2 scan is in use."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_tiled_topk", "Exact streaming top-k over score tiles.", -1, methods,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__tiled_topk(void) { return PyModule_Create(&module); }
