@@ -157,47 +157,73 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const State& s, const Tile& t
 }
 #endif
 
-// ---- column side: tile column j competes for state row col_state0 + j -------------------------
+// ---- both sides at once: one read of block rows [i0, i1) x columns [j0, j1) ---------------
+// Used by symmetric tiles: each block is read once for its rows and its columns. Columns go in
+// strips so the column-side candidate buffers being written stay few (cache and TLB).
+constexpr int64_t kStrip = 1024;
 
-void cols_scalar(const State& s, const Tile& t, int64_t j0, int64_t j1) {
-    for (int64_t i = 0; i < t.m; ++i) {
-        const int32_t rid = t.row_ids[i];
-        for (int64_t j = j0; j < j1; ++j) {
-            const int64_t row = t.col_state0 + j;
-            const float v = score_at(t, i, j, false);
-            if (v < s.thr_v[row]) continue;
-            if (t.skip_self && t.col_ids[j] == rid) continue;
-            consider(s, row, v, rid);
+void block_scalar(const State& s, const Tile& t, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t js = j0; js < j1; js += kStrip) {
+        const int64_t je = std::min(j1, js + kStrip);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = t.row_state0 + i;
+            const int32_t rid = t.row_ids[i];
+            for (int64_t j = js; j < je; ++j) {
+                if (t.skip_self && t.col_ids[j] == rid) continue;
+                const float vr = score_at(t, i, j, true);
+                if (vr >= s.thr_v[row]) consider(s, row, vr, t.col_ids[j]);
+                const int64_t col = t.col_state0 + j;
+                const float vc = score_at(t, i, j, false);
+                if (vc >= s.thr_v[col]) consider(s, col, vc, rid);
+            }
         }
     }
 }
 
 #if LG_X86
-__attribute__((target("avx2,fma"))) void cols_avx2(const State& s, const Tile& t, int64_t j0,
-                                                   int64_t j1) {
+__attribute__((target("avx2,fma"))) void block_avx2(const State& s, const Tile& t, int64_t i0,
+                                                    int64_t i1, int64_t j0, int64_t j1) {
     const __m256 scale = _mm256_set1_ps(t.scale);
-    const float* thr = s.thr_v + t.col_state0;
-    for (int64_t i = 0; i < t.m; ++i) {
-        const int32_t rid = t.row_ids[i];
-        const float* p = t.data + i * t.ld;
-        const __m256 bias = _mm256_set1_ps(t.row_bias ? t.row_bias[i] : 0.0f);
-        int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) {
-            const __m256 v = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(p + j), scale), bias);
-            int mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_loadu_ps(thr + j), _CMP_GE_OQ));
-            while (mask) {
-                const int b = __builtin_ctz(mask);
-                mask &= mask - 1;
-                if (t.skip_self && t.col_ids[j + b] == rid) continue;
-                consider(s, t.col_state0 + j + b, score_at(t, i, j + b, false), rid);
+    const float* col_thr = s.thr_v + t.col_state0;
+    for (int64_t js = j0; js < j1; js += kStrip) {
+        const int64_t je = std::min(j1, js + kStrip);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t row = t.row_state0 + i;
+            const int32_t rid = t.row_ids[i];
+            const float* p = t.data + i * t.ld;
+            const __m256 rbias = _mm256_set1_ps(t.row_bias ? t.row_bias[i] : 0.0f);
+            int64_t j = js;
+            for (; j + 8 <= je; j += 8) {
+                const __m256 raw = _mm256_mul_ps(_mm256_loadu_ps(p + j), scale);
+                __m256 vr = raw;
+                if (t.col_bias) vr = _mm256_sub_ps(raw, _mm256_loadu_ps(t.col_bias + j));
+                const __m256 vc = _mm256_sub_ps(raw, rbias);
+                int mr = _mm256_movemask_ps(
+                    _mm256_cmp_ps(vr, _mm256_set1_ps(s.thr_v[row]), _CMP_GE_OQ));
+                int mc = _mm256_movemask_ps(
+                    _mm256_cmp_ps(vc, _mm256_loadu_ps(col_thr + j), _CMP_GE_OQ));
+                while (mr) {
+                    const int b = __builtin_ctz(mr);
+                    mr &= mr - 1;
+                    const int32_t cid = t.col_ids[j + b];
+                    if (t.skip_self && cid == rid) continue;
+                    consider(s, row, score_at(t, i, j + b, true), cid);
+                }
+                while (mc) {
+                    const int b = __builtin_ctz(mc);
+                    mc &= mc - 1;
+                    if (t.skip_self && t.col_ids[j + b] == rid) continue;
+                    consider(s, t.col_state0 + j + b, score_at(t, i, j + b, false), rid);
+                }
             }
-        }
-        for (; j < j1; ++j) {
-            const int64_t row = t.col_state0 + j;
-            const float v = score_at(t, i, j, false);
-            if (v < s.thr_v[row]) continue;
-            if (t.skip_self && t.col_ids[j] == rid) continue;
-            consider(s, row, v, rid);
+            for (; j < je; ++j) {
+                if (t.skip_self && t.col_ids[j] == rid) continue;
+                const float vr = score_at(t, i, j, true);
+                if (vr >= s.thr_v[row]) consider(s, row, vr, t.col_ids[j]);
+                const int64_t col = t.col_state0 + j;
+                const float vc = score_at(t, i, j, false);
+                if (vc >= s.thr_v[col]) consider(s, col, vc, rid);
+            }
         }
     }
 }
@@ -219,11 +245,11 @@ void run_rows(const State& s, const Tile& t, int64_t i0, int64_t i1) {
     rows_scalar(s, t, i0, i1);
 }
 
-void run_cols(const State& s, const Tile& t, int64_t j0, int64_t j1) {
+void run_block(const State& s, const Tile& t, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
 #if LG_X86
-    if (use_avx2()) return cols_avx2(s, t, j0, j1);
+    if (use_avx2()) return block_avx2(s, t, i0, i1, j0, j1);
 #endif
-    cols_scalar(s, t, j0, j1);
+    block_scalar(s, t, i0, i1, j0, j1);
 }
 
 // Runs tasks on up to `threads` threads (the calling thread included).
@@ -357,21 +383,20 @@ PyObject* push_tile(PyObject*, PyObject* args) {
             run_rows(s, t, i0, i1);
         });
     } else {
-        // Row side and column side touch disjoint state rows (different tiles of one band
-        // pair), so they run side by side; each side is split further when threads allow.
-        const int row_parts = std::max(1, threads / 2);
-        const int col_parts = std::max(1, threads - row_parts);
-        parallel(threads, row_parts + col_parts, [&](int task) {
-            if (task < row_parts) {
-                run_rows(s, t, m * task / row_parts, m * (task + 1) / row_parts);
-            } else {
-                const int c = task - row_parts;
-                // Column ranges on multiples of 8 keep the vector loop aligned to the tile.
-                int64_t j0 = (n * c / col_parts) & ~int64_t(7);
-                int64_t j1 = c + 1 == col_parts ? n : (n * (c + 1) / col_parts) & ~int64_t(7);
-                run_cols(s, t, j0, j1);
-            }
-        });
+        // Row side and column side touch disjoint state rows (the tile's rows and columns
+        // belong to different bands). With P threads, the tile is cut into P x P blocks and
+        // read in P phases: in phase p thread q takes block (q, q + p mod P), so no two
+        // threads ever write the same row's or column's buffer, and each block is read once
+        // for both sides.
+        const int parts = std::max(1, threads);
+        auto row_at = [&](int q) { return m * q / parts; };
+        auto col_at = [&](int q) { return q == parts ? n : ((n * q / parts) & ~int64_t(7)); };
+        for (int phase = 0; phase < parts; ++phase) {
+            parallel(threads, parts, [&](int q) {
+                const int c = (q + phase) % parts;
+                run_block(s, t, row_at(q), row_at(q + 1), col_at(c), col_at(c + 1));
+            });
+        }
     }
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;

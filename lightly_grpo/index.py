@@ -338,8 +338,12 @@ def iter_knn_search(
             # The tiled backend buffers up to candidate_capacity(k) 8-byte candidates per query.
             extra_bytes_per_query=extra_bytes_per_query
             + (8 * candidate_capacity(k) if resolved == "tiled" else 0),
-            # GPUs need bigger chunks to be busy; 1 GiB is small next to their memory.
-            memory_budget=DEFAULT_MEMORY_BUDGET_BYTES * (4 if q.device.type == "cuda" else 1),
+            # GPUs need bigger chunks to be busy; 1 GiB is small next to their memory. The tiled
+            # search needs no big chunks (it streams tiles) and a leave-one-out search may hold
+            # all candidate buffers besides, so its chunks get a quarter of the budget.
+            memory_budget=DEFAULT_MEMORY_BUDGET_BYTES
+            * (4 if q.device.type == "cuda" else 1)
+            // (4 if resolved == "tiled" else 1),
         )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")

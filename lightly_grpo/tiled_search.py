@@ -43,8 +43,10 @@ except ImportError:  # pragma: no cover - exercised only where the extension was
 
 DEFAULT_TILE_SIZE = 2048
 DEFAULT_SAMPLE_SIZE = 4096
-# All-items candidate buffers of a symmetric (leave-one-out) search may use this much.
-DEFAULT_SYMMETRIC_MEMORY_BYTES = 1024 * 2**20
+# All-items candidate buffers of a symmetric (leave-one-out) search may use this much; above it
+# the search runs chunk by chunk (twice the arithmetic, memory bounded by the chunk size).
+# 2 GiB covers 100k items at 100 classes (k = max_bin_count ~ 1,100).
+DEFAULT_SYMMETRIC_MEMORY_BYTES = 2 * 2**30
 _INT32_MAX = 2**31 - 1
 
 
@@ -63,9 +65,9 @@ def candidate_capacity(k: int) -> int:
 
     Examples:
         >>> candidate_capacity(100)
-        214
+        157
     """
-    return k + k // 2 + 64
+    return k + k // 4 + 32
 
 
 def symmetric_state_bytes(num_items: int, k: int) -> int:
@@ -73,7 +75,7 @@ def symmetric_state_bytes(num_items: int, k: int) -> int:
 
     Examples:
         >>> symmetric_state_bytes(1000, 10)
-        648000
+        368000
     """
     return num_items * (candidate_capacity(k) * 8 + 16)
 
@@ -228,7 +230,7 @@ def tiled_knn_chunks(
     tile_size: int = DEFAULT_TILE_SIZE,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     symmetric: bool | None = None,
-    symmetric_memory: int = DEFAULT_SYMMETRIC_MEMORY_BYTES,
+    symmetric_memory: int | None = None,
     threads: int | None = None,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Exact kNN search on the CPU, yielding ``(start, values, indices)`` per chunk of queries.
@@ -248,7 +250,8 @@ def tiled_knn_chunks(
             start threshold; larger is tighter but scans more before streaming starts.
         symmetric: Compute each dot product once for a leave-one-out search over all items
             (``None``: when ``exclude_self``, Q == N and the buffers fit ``symmetric_memory``).
-        symmetric_memory: Byte limit of the all-items candidate buffers.
+        symmetric_memory: Byte limit of the all-items candidate buffers (default:
+            ``DEFAULT_SYMMETRIC_MEMORY_BYTES``, read at call time).
         threads: Threads of the top-k kernel (default: ``torch.get_num_threads()``).
 
     Yields:
@@ -279,6 +282,8 @@ def tiled_knn_chunks(
         raise ValueError(f"the tiled backend runs on the CPU, got data on {queries.device}")
     threads = threads or torch.get_num_threads()
     same_items = exclude_self and len(queries) == len(references)
+    if symmetric_memory is None:
+        symmetric_memory = DEFAULT_SYMMETRIC_MEMORY_BYTES
     if symmetric is None:
         symmetric = same_items and symmetric_state_bytes(len(references), k) <= symmetric_memory
     elif symmetric and not same_items:

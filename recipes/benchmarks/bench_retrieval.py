@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000, 200_000])
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--backends", nargs="+", default=["faiss", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["tiled", "faiss", "torch"])
     parser.add_argument(
         "--acc-max-n",
         type=int,
