@@ -328,7 +328,7 @@ def sample_rank(k: int, available: int, sample: int, z: float = 3.0) -> int | No
 
     Examples:
         >>> sample_rank(568, 50_000, 2048)
-        41
+        40
         >>> sample_rank(1000, 2000, 2048) is None
         True
     """
