@@ -561,12 +561,13 @@ PyObject* set_thresholds(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
-// Sorts keys descending with an LSD radix sort over bytes (stable, so byte by byte from the
-// least significant gives the full order). Passes where every key has the same byte are skipped:
-// the keys of one query share most high bytes. About 4x faster than std::sort for the few
-// hundred to few thousand candidates of a query. Returns the buffer holding the result.
-uint64_t* radix_sort_desc(uint64_t* a, uint64_t* tmp, int64_t n) {
-    for (int shift = 0; shift < 64; shift += 8) {
+// Sorts keys descending: an LSD radix sort over the bytes of the score half (stable, byte by
+// byte from the least significant), skipping bytes every key shares (the scores of one query
+// share their sign and most of their exponent), then equal scores (rare) by id. About 4x faster
+// than std::sort for the few hundred to few thousand candidates of a query. Returns the buffer
+// holding the result (a or tmp).
+uint64_t* sort_desc(uint64_t* a, uint64_t* tmp, int64_t n) {
+    for (int shift = 32; shift < 64; shift += 8) {
         int64_t count[256] = {0};
         for (int64_t i = 0; i < n; ++i) ++count[((~a[i]) >> shift) & 0xFF];
         if (count[((~a[0]) >> shift) & 0xFF] == n) continue;
@@ -578,6 +579,12 @@ uint64_t* radix_sort_desc(uint64_t* a, uint64_t* tmp, int64_t n) {
         }
         for (int64_t i = 0; i < n; ++i) tmp[count[((~a[i]) >> shift) & 0xFF]++] = a[i];
         std::swap(a, tmp);
+    }
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && (a[j] >> 32) == (a[i] >> 32)) ++j;
+        if (j - i > 1) std::sort(a + i, a + j, std::greater<uint64_t>());
+        i = j;
     }
     return a;
 }
@@ -608,6 +615,11 @@ PyObject* finalize(PyObject*, PyObject* args) {
             PyErr_Format(PyExc_ValueError, "state row %d outside [0, %zd)", which[r], rows);
             return nullptr;
         }
+        if (s.counts[which[r]] < 0 || s.counts[which[r]] > cap) {
+            PyErr_Format(PyExc_ValueError, "state row %d holds %d candidates, capacity %zd",
+                         which[r], s.counts[which[r]], cap);
+            return nullptr;
+        }
     }
     std::vector<int64_t> short_rows(std::max(1, threads), 0);
     Py_BEGIN_ALLOW_THREADS;
@@ -626,7 +638,7 @@ PyObject* finalize(PyObject*, PyObject* args) {
                 continue;
             }
             const uint64_t* buf =
-                radix_sort_desc(s.entries + static_cast<int64_t>(which[r]) * s.cap, tmp.data(), c);
+                sort_desc(s.entries + static_cast<int64_t>(which[r]) * s.cap, tmp.data(), c);
             for (int64_t j = 0; j < keep; ++j) {
                 values[r * s.k + j] = key_score(buf[j]);
                 ids[r * s.k + j] = key_id(buf[j]);
