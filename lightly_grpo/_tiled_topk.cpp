@@ -18,11 +18,13 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -252,10 +254,15 @@ void run_block(const State& s, const Tile& t, int64_t i0, int64_t i1, int64_t j0
     block_scalar(s, t, i0, i1, j0, j1);
 }
 
-// Runs tasks on up to `threads` threads (the calling thread included).
+// The scans are memory-bound: past this many threads they gain nothing, while each call pays
+// for starting its threads.
+constexpr int kMaxThreads = 16;
+
+// Runs tasks on up to `threads` threads (the calling thread included). Threads are started per
+// call (no pool), which keeps the module safe to use after a fork.
 template <typename F>
 void parallel(int threads, int tasks, F&& fn) {
-    threads = std::max(1, std::min(threads, tasks));
+    threads = std::max(1, std::min({threads, tasks, kMaxThreads}));
     if (threads == 1) {
         for (int task = 0; task < tasks; ++task) fn(task);
         return;
@@ -270,6 +277,30 @@ void parallel(int threads, int tasks, F&& fn) {
     for (int task = 0; task < tasks; task += threads) fn(task);
     for (auto& th : pool) th.join();
 }
+
+// Threads of one parallel() call meet here between the phases of a symmetric tile.
+class Barrier {
+   public:
+    explicit Barrier(int count) : count_(count) {}
+    void wait() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        const int64_t generation = generation_;
+        if (++waiting_ == count_) {
+            waiting_ = 0;
+            ++generation_;
+            cv_.notify_all();
+        } else {
+            cv_.wait(lock, [&] { return generation_ != generation; });
+        }
+    }
+
+   private:
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    int count_;
+    int waiting_ = 0;
+    int64_t generation_ = 0;
+};
 
 // ---- buffer helpers --------------------------------------------------------------------------
 
@@ -388,15 +419,17 @@ PyObject* push_tile(PyObject*, PyObject* args) {
         // read in P phases: in phase p thread q takes block (q, q + p mod P), so no two
         // threads ever write the same row's or column's buffer, and each block is read once
         // for both sides.
-        const int parts = std::max(1, threads);
+        const int parts = std::max(1, std::min(threads, kMaxThreads));
         auto row_at = [&](int q) { return m * q / parts; };
         auto col_at = [&](int q) { return q == parts ? n : ((n * q / parts) & ~int64_t(7)); };
-        for (int phase = 0; phase < parts; ++phase) {
-            parallel(threads, parts, [&](int q) {
+        Barrier barrier(parts);
+        parallel(parts, parts, [&](int q) {  // one task per thread, all phases
+            for (int phase = 0; phase < parts; ++phase) {
                 const int c = (q + phase) % parts;
                 run_block(s, t, row_at(q), row_at(q + 1), col_at(c), col_at(c + 1));
-            });
-        }
+                barrier.wait();
+            }
+        });
     }
     Py_END_ALLOW_THREADS;
     Py_RETURN_NONE;
@@ -667,7 +700,15 @@ PyMethodDef methods[] = {
 };
 
 PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_tiled_topk", "Exact streaming top-k over score tiles.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    "_tiled_topk",
+    "Exact streaming top-k over score tiles.",
+    -1,
+    methods,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace

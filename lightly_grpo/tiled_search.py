@@ -482,15 +482,22 @@ def _chunked(
         threads,
     )
     available = len(r) - int(exclude_self)
-    state = _TopKState(min(chunk_size, len(q)), k)  # One buffer, reused by every chunk.
-    for start in range(0, len(q), chunk_size):
-        qc = q[start : start + chunk_size]
-        q_ids = np.arange(start, start + len(qc), dtype=np.int32)
-        state.reset(len(qc))
-        tiles.search_rows(state, qc, q_ids, exclude_self, available)
-        rows = np.arange(len(qc), dtype=np.int32)
-        values, indices = tiles.finalize(state, rows, qc, q_ids, exclude_self)
-        yield start, values, indices
+    # Queries are searched a whole row tile at a time (small blocks make small, slow GEMMs and
+    # many calls) and handed out in chunks of chunk_size. One buffer serves every block.
+    block = max(chunk_size, tile_size)
+    state = _TopKState(min(block, len(q)), k)
+    for block_start in range(0, len(q), block):
+        qb = q[block_start : block_start + block]
+        q_ids = np.arange(block_start, block_start + len(qb), dtype=np.int32)
+        state.reset(len(qb))
+        tiles.search_rows(state, qb, q_ids, exclude_self, available)
+        for start in range(0, len(qb), chunk_size):
+            stop = min(start + chunk_size, len(qb))
+            rows = np.arange(start, stop, dtype=np.int32)
+            values, indices = tiles.finalize(
+                state, rows, qb[start:stop], q_ids[start:stop], exclude_self
+            )
+            yield block_start + start, values, indices
 
 
 def _symmetric(
