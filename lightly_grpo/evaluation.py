@@ -188,7 +188,7 @@ class RetrievalEvaluator:
         knn_protocols: kNN protocols: names from :data:`KNN_PROTOCOLS` (``"dino"``: k=20,
             T=0.07; ``"lightly"``: k=200, T=0.1) or ``(k, T)`` tuples.
         backend: Search backend of :mod:`lightly_grpo.index` (``"auto"``, ``"faiss"``,
-            ``"faiss-gpu"``, ``"torch"``).
+            ``"faiss-gpu"``, ``"tiled"``, ``"torch"``).
         chunk_size: Queries per search chunk; ``None`` picks it from a memory budget.
         nmi: Compute NMI/AMI from spherical k-means on the queries.
         num_clusters: Clusters for NMI/AMI; ``None`` uses the number of query labels.
@@ -197,6 +197,7 @@ class RetrievalEvaluator:
         retrieval: Compute P@1, R-precision, MAP@R, MAP and Recall@K (these need a search as
             deep as the largest class); ``False`` leaves only kNN (and NMI/AMI).
         num_neighbors: Top neighbours kept per query for a retrieval grid.
+        progress: Show a tqdm bar while searching.
 
     Examples:
         >>> x = torch.randn(300, 32)
@@ -219,6 +220,7 @@ class RetrievalEvaluator:
         per_class: bool = True,
         retrieval: bool = True,
         num_neighbors: int = 8,
+        progress: bool = False,
     ) -> None:
         for k in recall_at:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -239,6 +241,7 @@ class RetrievalEvaluator:
         self.per_class = per_class
         self.retrieval = retrieval
         self.num_neighbors = num_neighbors
+        self.progress = progress
 
     def evaluate(
         self,
@@ -356,6 +359,7 @@ class RetrievalEvaluator:
             chunk_size=self.chunk_size,
             exclude_self=leave_one_out,
             extra_bytes_per_query=80 * search_k,
+            progress=self.progress,
         ):
             stop = start + len(idx)
             q_chunk = q_ids[start:stop].to(torch.int32)

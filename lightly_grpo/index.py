@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lightly_grpo.tiled_search import candidate_capacity, tiled_available, tiled_knn_chunks
 
@@ -311,12 +312,14 @@ def iter_knn_search(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     extra_bytes_per_query: int = 0,
+    progress: bool = False,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Chunked exact kNN search, yielding one chunk of queries at a time.
 
     Same arguments as :func:`knn_search`; use this to process the results of a large search
     chunk by chunk without holding all of them. ``extra_bytes_per_query`` is the caller's own
-    per-query working memory, counted when the chunk size is chosen automatically.
+    per-query working memory, counted when the chunk size is chosen automatically; ``progress``
+    shows a tqdm bar (over score tiles on the tiled backend, over chunks on the others).
 
     Yields:
         ``(start, values, indices)``: the results for queries ``start:start + len(values)``.
@@ -351,7 +354,13 @@ def iter_knn_search(
         # Exact with the same tie order as the torch path; a leave-one-out search over all
         # items is symmetric when its candidate buffers fit the budget (tiled_search.py).
         yield from tiled_knn_chunks(
-            q, r, k, metric=metric, exclude_self=exclude_self, chunk_size=chunk_size
+            q,
+            r,
+            k,
+            metric=metric,
+            exclude_self=exclude_self,
+            chunk_size=chunk_size,
+            progress=progress,
         )
         return
     r_np = r.cpu().numpy() if resolved == "faiss" else None
@@ -359,7 +368,8 @@ def iter_knn_search(
     # FAISS gets one extra result to detect a tie across the k-th place (see below).
     extra = 1 if k + int(exclude_self) < len(r) else 0
     search_k = k + int(exclude_self) + extra
-    for start in range(0, len(q), chunk_size):
+    chunks = range(0, len(q), chunk_size)
+    for start in tqdm(chunks, desc="kNN search", unit="chunk", disable=not progress, leave=False):
         qc = q[start : start + chunk_size]
         rows = torch.arange(start, start + len(qc), device=q.device)
         if resolved == "torch":

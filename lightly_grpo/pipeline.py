@@ -298,10 +298,10 @@ def evaluate_embeddings(
     train = embed_dataset(embed, data.train, cfg.batch_size, device, f"{name}: train split")
     test = embed_dataset(embed, data.test, cfg.batch_size, device, f"{name}: test split")
     # kNN: test queries against the train bank; retrieval metrics: leave-one-out within test.
-    knn = RetrievalEvaluator(retrieval=False, nmi=False).evaluate(
+    knn = RetrievalEvaluator(retrieval=False, nmi=False, progress=True).evaluate(
         test[0], test[1], train[0], train[1]
     )
-    retrieval = RetrievalEvaluator(knn_protocols=()).evaluate(test[0], test[1])
+    retrieval = RetrievalEvaluator(knn_protocols=(), progress=True).evaluate(test[0], test[1])
     metrics = {k: v for k, v in knn.metrics.items() if k.startswith("knn_")}
     metrics.update({k: v for k, v in retrieval.metrics.items() if not k.startswith("knn_")})
     num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 _kernel: Any
 try:
@@ -232,6 +233,7 @@ def tiled_knn_chunks(
     symmetric: bool | None = None,
     symmetric_memory: int | None = None,
     threads: int | None = None,
+    progress: bool = False,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     """Exact kNN search on the CPU, yielding ``(start, values, indices)`` per chunk of queries.
 
@@ -253,6 +255,7 @@ def tiled_knn_chunks(
         symmetric_memory: Byte limit of the all-items candidate buffers (default:
             ``DEFAULT_SYMMETRIC_MEMORY_BYTES``, read at call time).
         threads: Threads of the top-k kernel (default: ``torch.get_num_threads()``).
+        progress: Show a tqdm bar over the score tiles.
 
     Yields:
         ``(start, values, indices)`` for queries ``start:start + len(values)``, best first.
@@ -292,7 +295,9 @@ def tiled_knn_chunks(
             f"(exclude_self=True and Q == N), got Q={len(queries)}, N={len(references)}"
         )
     if symmetric:
-        yield from _symmetric(references, k, metric, chunk_size, tile_size, sample_size, threads)
+        yield from _symmetric(
+            references, k, metric, chunk_size, tile_size, sample_size, threads, progress
+        )
     else:
         yield from _chunked(
             queries,
@@ -304,6 +309,7 @@ def tiled_knn_chunks(
             tile_size,
             sample_size,
             threads,
+            progress,
         )
 
 
@@ -354,6 +360,7 @@ class _Tiles:
         tile_size: int,
         sample_size: int,
         threads: int,
+        progress: bool,
     ):
         self.refs = refs  # references in visiting order
         self.ids = ids  # their original indices, int32
@@ -366,6 +373,7 @@ class _Tiles:
         self.sample = _sample_width(len(refs), tile_size, sample_size)
         self.threads = threads
         self._buf = torch.empty(tile_size * max(tile_size, self.sample))
+        self.bar = tqdm(desc="kNN search", unit="tile", disable=not progress, leave=False)
 
     def scores(self, a: Tensor, b: Tensor) -> np.ndarray:
         out = self._buf[: len(a) * len(b)].view(len(a), len(b))
@@ -415,11 +423,12 @@ class _Tiles:
         q_ids: np.ndarray,
         skip_self: bool,
         available: int | None,
+        tick: bool = True,
     ) -> None:
         """Streams queries ``q`` (state rows 0..) against every reference, row side only.
 
         ``available`` (references each query competes over) sets the sampled start threshold;
-        ``None`` searches without one.
+        ``None`` searches without one. ``tick`` advances the progress bar per tile.
         """
         ts = self.tile_size
         for i0 in range(0, len(q), ts):
@@ -444,6 +453,8 @@ class _Tiles:
                     skip_self=skip_self,
                     threads=self.threads,
                 )
+                if tick:
+                    self.bar.update()
 
     def finalize(
         self, state: _TopKState, rows: np.ndarray, q: Tensor, q_ids: np.ndarray, skip_self: bool
@@ -454,7 +465,7 @@ class _Tiles:
         if len(short) > 0:
             # The sampled threshold was too high for these few queries: redo them exactly.
             redo = _TopKState(len(short), state.k)
-            self.search_rows(redo, q[short], q_ids[short], skip_self, available=None)
+            self.search_rows(redo, q[short], q_ids[short], skip_self, None, tick=False)
             values[short], indices[short] = redo.finalize(
                 np.arange(len(short), dtype=np.int32), self.threads
             )
@@ -471,6 +482,7 @@ def _chunked(
     tile_size: int,
     sample_size: int,
     threads: int,
+    progress: bool,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     order = _visiting_order(len(r))
     tiles = _Tiles(
@@ -480,11 +492,14 @@ def _chunked(
         tile_size,
         sample_size,
         threads,
+        progress,
     )
     available = len(r) - int(exclude_self)
     # Queries are searched a whole row tile at a time (small blocks make small, slow GEMMs and
     # many calls) and handed out in chunks of chunk_size. One buffer serves every block.
     block = max(chunk_size, tile_size)
+    row_tiles = sum(-(-min(block, len(q) - b) // tile_size) for b in range(0, len(q), block))
+    tiles.bar.total = row_tiles * len(tiles.column_tiles(0))
     state = _TopKState(min(block, len(q)), k)
     for block_start in range(0, len(q), block):
         qb = q[block_start : block_start + block]
@@ -498,6 +513,7 @@ def _chunked(
                 state, rows, qb[start:stop], q_ids[start:stop], exclude_self
             )
             yield block_start + start, values, indices
+    tiles.bar.close()
 
 
 def _symmetric(
@@ -508,6 +524,7 @@ def _symmetric(
     tile_size: int,
     sample_size: int,
     threads: int,
+    progress: bool,
 ) -> Iterator[tuple[int, Tensor, Tensor]]:
     n_items = len(x)
     order = _visiting_order(n_items)
@@ -518,8 +535,11 @@ def _symmetric(
         tile_size,
         sample_size,
         threads,
+        progress,
     )
     x_p, ids, ts, width = tiles.refs, tiles.ids, tile_size, tiles.sample
+    bands = range(width, n_items, ts)
+    tiles.bar.total = len(range(0, n_items, ts)) + sum(len(tiles.column_tiles(i)) for i in bands)
     state = _TopKState(n_items, k)
     # Pass 1, tiles (I, sample band): every item gets its start threshold from the sample band
     # (the first items in visiting order) before anything is pushed into it. Rows inside the
@@ -543,6 +563,7 @@ def _symmetric(
             skip_self=True,
             threads=threads,
         )
+        tiles.bar.update()
     # Pass 2: the upper triangle after the band, each tile serving its rows and its columns
     # (the diagonal tiles hold both (i, j) and (j, i): rows side only).
     for i0 in range(width, n_items, ts):
@@ -562,6 +583,8 @@ def _symmetric(
                 skip_self=True,
                 threads=threads,
             )
+            tiles.bar.update()
+    tiles.bar.close()
     position = torch.empty(n_items, dtype=torch.int32)
     position[order] = torch.arange(n_items, dtype=torch.int32)
     position_np = position.numpy()

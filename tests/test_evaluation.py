@@ -31,6 +31,9 @@ PML_METRICS = (
 )
 CPU = torch.device("cpu")
 
+# Every CPU search backend available here (the tiled one needs the compiled extension).
+CPU_BACKENDS = [b for b in ("faiss", "tiled", "torch") if b in index.available_backends()]
+
 
 def _clustered(
     n: int, d: int, classes: int, noise: float, seed: int
@@ -79,8 +82,10 @@ def _assert_matches_pml(ours: RetrievalResult, pml: dict[str, float], tol: float
 
 
 @needs_faiss
-@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("backend", ["faiss", "tiled", "torch"])
 def test_matches_accuracy_calculator_on_random_embeddings(backend: str) -> None:
+    if backend not in index.available_backends():
+        pytest.skip(f"backend {backend!r} is not available here")
     x, y = _clustered(2000, 32, 15, noise=2.0, seed=0)
     pml = _pml(x, y)
     assert 0.1 < pml["mean_average_precision_at_r"] < 0.9  # Non-trivial values.
@@ -119,7 +124,7 @@ def test_matches_accuracy_calculator_with_ties(n: int) -> None:
     x, y = _exact_ties(n, 12, 4, seed=1)
     pml = _pml(x, y)
     split = _pml(x[:100], y[:100], x[100:], y[100:])
-    for backend in ("faiss", "torch"):
+    for backend in CPU_BACKENDS:
         _assert_matches_pml(_ours(x, y, backend=backend), pml, tol=1e-12)
         _assert_matches_pml(
             _ours(x[:100], y[:100], x[100:], y[100:], backend=backend), split, tol=1e-12
@@ -145,7 +150,7 @@ def test_matches_accuracy_calculator_with_lone_query_labels() -> None:
 @needs_faiss
 def test_matches_accuracy_calculator_query_not_reference() -> None:
     x, y = _clustered(1500, 32, 12, noise=2.0, seed=4)
-    for backend in ("faiss", "torch"):
+    for backend in CPU_BACKENDS:
         result = _ours(x[:500], y[:500], x[500:], y[500:], backend=backend)
         _assert_matches_pml(result, _pml(x[:500], y[:500], x[500:], y[500:]))
 
@@ -184,7 +189,7 @@ def test_knn_matches_lightly_knn_predict(
     k, t = KNN_PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
     pred = knn_predict(query, bank.T, y[500:], num_classes=10, knn_k=k, knn_t=t)
     name = protocol if isinstance(protocol, str) else f"k{k}_t{t:g}"
-    for backend in ("faiss", "torch") if index.faiss is not None else ("torch",):
+    for backend in CPU_BACKENDS:
         evaluator = RetrievalEvaluator(backend=backend, knn_protocols=(protocol,), nmi=False)
         result = evaluator.evaluate(query, y[:500], bank, y[500:])
         top1 = (pred[:, 0] == y[:500]).double().mean().item()
@@ -359,3 +364,12 @@ def test_bad_input_errors() -> None:
         RetrievalEvaluator(recall_at=(0, 1))
     with pytest.raises(ValueError, match=r"num_clusters=60 exceeds the number of queries \(50\)"):
         RetrievalEvaluator(knn_protocols=(), num_clusters=60).evaluate(x, y)
+
+
+def test_progress_bar_is_shown_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = _clustered(400, 16, 4, noise=1.0, seed=11)
+    RetrievalEvaluator(nmi=False).evaluate(x, y)
+    assert "kNN search" not in capsys.readouterr().err
+    for backend in CPU_BACKENDS:
+        RetrievalEvaluator(nmi=False, backend=backend, progress=True).evaluate(x, y)
+        assert "kNN search" in capsys.readouterr().err, backend

@@ -219,3 +219,32 @@ def test_kernel_rejects_mismatched_buffers() -> None:
             skip_self=False,
             threads=1,
         )
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_progress_bar_counts_every_tile(monkeypatch: pytest.MonkeyPatch, symmetric: bool) -> None:
+    bars: list[tiled_search.tqdm] = []
+
+    class Recording(tiled_search.tqdm):  # type: ignore[misc, name-defined]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tiled_search, "tqdm", Recording)
+    x = _clustered(700, seed=10)
+    _run(
+        x,
+        x,
+        30,
+        exclude_self=True,
+        symmetric=symmetric,
+        tile_size=64,
+        sample_size=128,
+        progress=True,
+    )
+    assert len(bars) == 1
+    # 11 row bands of 64 and 10 column tiles (the 128-wide sample band, then 9 of 64).
+    # Symmetric: 11 sample-band tiles, then the upper triangle of the 9 later bands (45).
+    # Chunked: every row band against every column tile.
+    assert bars[0].total == (11 + 45 if symmetric else 11 * 10)
+    assert bars[0].n == bars[0].total
