@@ -2,12 +2,14 @@
 // lightly_grpo.tiled_search.
 //
 // Python computes one cache-sized tile of scores at a time (torch.mm into a reused buffer) and
-// hands it here. Each state row keeps a buffer of `cap` candidates and a threshold (the k-th best
-// candidate seen so far, once the buffer has overflowed). A tile is scanned with a vector compare
-// against the thresholds; the rare scores that pass are appended, and a full buffer is cut back
-// to its k best with nth_element. In symmetric mode an off-diagonal tile serves both its rows and,
-// read column-wise, the rows of its columns, so a leave-one-out search computes each dot product
-// once.
+// hands it here. Each state row (one query) keeps a buffer of `cap` candidates and a threshold:
+// first a lower bound on its k-th best score taken from a sample of the references
+// (set_thresholds), then, once its buffer has overflowed and been cut back to the k best with
+// nth_element, the exact k-th best seen so far. A tile is scanned with one AVX2 compare per 8
+// scores against the thresholds; the rare scores that pass are appended (push_tile). In
+// symmetric mode an off-diagonal tile serves both its rows and, read column-wise, the rows of its
+// columns, so a leave-one-out search computes each dot product once. finalize sorts each
+// query's candidates (radix sort on the score bits) and writes the k best.
 //
 // Order: score descending, then original id ascending (a total order, so results are exact and
 // reproducible: among equal scores the lowest ids win, as in the rest of the index layer).
