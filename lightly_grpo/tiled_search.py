@@ -373,7 +373,13 @@ class _Tiles:
         self.sample = _sample_width(len(refs), tile_size, sample_size)
         self.threads = threads
         self._buf = torch.empty(tile_size * max(tile_size, self.sample))
-        self.bar = tqdm(desc="kNN search", unit="tile", disable=not progress, leave=False)
+        self.progress = progress
+        self.bar = tqdm(disable=True)  # replaced by open_bar once the number of tiles is known
+
+    def open_bar(self, total: int) -> None:
+        self.bar = tqdm(
+            total=total, desc="kNN search", unit="tile", disable=not self.progress, leave=False
+        )
 
     def scores(self, a: Tensor, b: Tensor) -> np.ndarray:
         out = self._buf[: len(a) * len(b)].view(len(a), len(b))
@@ -499,7 +505,7 @@ def _chunked(
     # many calls) and handed out in chunks of chunk_size. One buffer serves every block.
     block = max(chunk_size, tile_size)
     row_tiles = sum(-(-min(block, len(q) - b) // tile_size) for b in range(0, len(q), block))
-    tiles.bar.total = row_tiles * len(tiles.column_tiles(0))
+    tiles.open_bar(row_tiles * len(tiles.column_tiles(0)))
     state = _TopKState(min(block, len(q)), k)
     for block_start in range(0, len(q), block):
         qb = q[block_start : block_start + block]
@@ -539,7 +545,7 @@ def _symmetric(
     )
     x_p, ids, ts, width = tiles.refs, tiles.ids, tile_size, tiles.sample
     bands = range(width, n_items, ts)
-    tiles.bar.total = len(range(0, n_items, ts)) + sum(len(tiles.column_tiles(i)) for i in bands)
+    tiles.open_bar(len(range(0, n_items, ts)) + sum(len(tiles.column_tiles(i)) for i in bands))
     state = _TopKState(n_items, k)
     # Pass 1, tiles (I, sample band): every item gets its start threshold from the sample band
     # (the first items in visiting order) before anything is pushed into it. Rows inside the
