@@ -488,7 +488,7 @@ def spherical_kmeans(
         seed: Seed of the k-means++ initialisation.
         backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``
             (``"tiled"`` has no k-means of its own: Lloyd's iterations run in FAISS when it is
-            installed, else in torch; the final assignment uses the tiled search).
+            installed, with the final assignment on the tiled search, else all in torch).
 
     Returns:
         ``(centroids, assignments)``: unit-norm (K, D) float32 centroids and (N,) int64 cluster
