@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cmath>
 #include <cstdint>
@@ -233,10 +234,13 @@ __attribute__((target("avx2,fma"))) void block_avx2(const State& s, const Tile& 
 }
 #endif
 
+// Off only in tests, so the portable scalar code (what non-x86 machines run) is checked too.
+std::atomic<bool> g_vector_scan{true};
+
 bool use_avx2() {
 #if LG_X86
     static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return has;
+    return has && g_vector_scan.load(std::memory_order_relaxed);
 #else
     return false;
 #endif
@@ -693,11 +697,19 @@ PyObject* finalize(PyObject*, PyObject* args) {
 
 PyObject* has_avx2(PyObject*, PyObject*) { return PyBool_FromLong(use_avx2()); }
 
+// set_vector_scan(enabled) -> previous setting. For tests: False runs the scalar code paths.
+PyObject* set_vector_scan(PyObject*, PyObject* args) {
+    int enabled;
+    if (!PyArg_ParseTuple(args, "p", &enabled)) return nullptr;
+    return PyBool_FromLong(g_vector_scan.exchange(enabled != 0));
+}
+
 PyMethodDef methods[] = {
     {"push_tile", push_tile, METH_VARARGS, "Streams one score tile into the top-k state."},
     {"set_thresholds", set_thresholds, METH_VARARGS, "Starts rows at a sampled threshold."},
     {"finalize", finalize, METH_VARARGS, "Writes the sorted top-k of the given state rows."},
     {"has_avx2", has_avx2, METH_NOARGS, "Whether the AVX2 scan is in use."},
+    {"set_vector_scan", set_vector_scan, METH_VARARGS, "Turns the AVX2 scan on or off (tests)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -195,6 +195,13 @@ def test_numpy_input_and_k_equal_to_all_references() -> None:
     assert idx.shape == (5, 30)
 
 
+def test_tiled_extension_is_built() -> None:
+    # The package's own set-up (make setup / CI) always has a C++ compiler; a silently skipped
+    # build (the extension is optional) would quietly fall back to slower backends, so it fails
+    # here instead. (tests/test_tiled_search.py skips itself without the extension.)
+    assert index.tiled_available()
+
+
 def test_backend_resolution() -> None:
     assert resolve_backend("torch") == "torch"
     assert available_backends()[-1] == "torch"
