@@ -17,7 +17,6 @@ from lightly_grpo.tiled_search import (
     tiled_knn_chunks,
 )
 
-
 pytestmark = pytest.mark.skipif(not tiled_available(), reason="extension not built")
 
 
