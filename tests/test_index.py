@@ -222,6 +222,11 @@ def test_backend_resolution() -> None:
         assert resolve_backend("auto") in ("tiled", "torch")
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("annoy")
+    if index.tiled_available():
+        # The tiled search is CPU-only: CUDA data never resolves to it.
+        assert resolve_backend("auto", "cuda") in ("faiss-gpu", "faiss", "torch")
+        with pytest.raises(ValueError, match="runs on the CPU, got data on cuda"):
+            resolve_backend("tiled", "cuda")
 
 
 def test_auto_chunk_size_bounds_memory() -> None:

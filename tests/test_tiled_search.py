@@ -270,3 +270,16 @@ def test_unnormalised_embeddings(metric: str) -> None:
         reference = knn_search(x, x, 40, metric=metric, backend="torch", exclude_self=True)
         torch.testing.assert_close(values, reference[0], atol=1e-4, rtol=1e-5)
         assert (indices == reference[1]).float().mean() > 0.999  # last-bit near-ties aside
+
+
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_any_thread_count(threads: int) -> None:
+    # Symmetric tiles are cut into threads x threads blocks (column cuts on multiples of 8, so
+    # some blocks are empty for narrow tiles); the result must not depend on the split.
+    x = _clustered(500, seed=14)
+    reference = knn_search(x, x, 33, backend="torch", exclude_self=True)
+    for symmetric in (True, False):
+        _, indices = _run(
+            x, x, 33, exclude_self=True, symmetric=symmetric, tile_size=24, threads=threads
+        )
+        assert torch.equal(indices, reference[1])
