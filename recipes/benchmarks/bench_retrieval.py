@@ -7,6 +7,10 @@ mix between methods. AccuracyCalculator runs with faiss-cpu and ``k="max_bin_cou
 watchdog kills any child above ``--memory-limit-gb`` so the machine survives (AccuracyCalculator
 at 200k needs more than 24 GB), and sizes above ``--acc-max-n`` skip it with a note.
 
+Backends: ``tiled`` (the CPU default), ``tiled-chunked`` (the tiled backend with the symmetric
+leave-one-out search turned off, as for sets whose candidate buffers exceed its memory budget),
+``faiss``, ``torch``.
+
 Usage:
     python recipes/benchmarks/bench_retrieval.py --sizes 10000 50000 100000 200000
 """
@@ -76,6 +80,12 @@ def child(method: str, data_path: str) -> None:
         metrics = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(labels))
     else:
         backend = method.split(":", 1)[1]
+        if backend == "tiled-chunked":
+            # The tiled backend with its memory-lean mode forced: no symmetric search.
+            from lightly_grpo import tiled_search
+
+            tiled_search.DEFAULT_SYMMETRIC_MEMORY_BYTES = 0
+            backend = "tiled"
         evaluator = RetrievalEvaluator(backend=backend, knn_protocols=(), nmi=False)
         metrics = evaluator.evaluate(torch.from_numpy(x), torch.from_numpy(labels)).metrics
     elapsed = time.perf_counter() - start
