@@ -343,10 +343,10 @@ def iter_knn_search(
             + (8 * candidate_capacity(k) if resolved == "tiled" else 0),
             # GPUs need bigger chunks to be busy; 1 GiB is small next to their memory. The tiled
             # search needs no big chunks (it streams tiles) and a leave-one-out search may hold
-            # all candidate buffers besides, so its chunks get an eighth of the budget.
+            # all candidate buffers besides, so its chunks get a sixteenth of the budget.
             memory_budget=DEFAULT_MEMORY_BUDGET_BYTES
             * (4 if q.device.type == "cuda" else 1)
-            // (8 if resolved == "tiled" else 1),
+            // (16 if resolved == "tiled" else 1),
         )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")

@@ -66,9 +66,9 @@ def candidate_capacity(k: int) -> int:
 
     Examples:
         >>> candidate_capacity(100)
-        157
+        144
     """
-    return k + k // 4 + 32
+    return k + k // 8 + 32
 
 
 def symmetric_state_bytes(num_items: int, k: int) -> int:
@@ -76,7 +76,7 @@ def symmetric_state_bytes(num_items: int, k: int) -> int:
 
     Examples:
         >>> symmetric_state_bytes(1000, 10)
-        368000
+        360000
     """
     return num_items * (candidate_capacity(k) * 8 + 16)
 
@@ -327,15 +327,16 @@ def sample_rank(k: int, available: int, sample: int, z: float = 3.0) -> int | No
 
     The sample holds about ``k * sample / available`` of a query's k best scores; starting the
     query's threshold at the sample's ``mu + z sqrt(mu) + 2``-th best keeps at least k of all
-    scores above it unless the sample is ``z`` standard deviations unlucky, and lets through
-    only about ``z sqrt(mu) * available / sample`` scores more than needed. Queries that end
-    with fewer than k candidates are searched again without a threshold, so results never
-    depend on luck. ``None`` when the rank would not fit in the sample.
+    scores above it unless the sample is about ``z`` standard deviations unlucky (measured: 0.3 to
+    0.5% of queries at 50k, the tail being heavier than a normal one), and lets through only
+    about ``z sqrt(mu) * available / sample`` scores more than needed. Queries that end with
+    fewer than k candidates are searched again without a threshold, so results never depend on
+    luck. ``None`` when the rank would not fit in the sample.
 
     Examples:
         >>> sample_rank(568, 50_000, 2048)
         40
-        >>> sample_rank(1000, 2000, 2048) is None
+        >>> sample_rank(1900, 2000, 2048) is None
         True
     """
     mu = k * sample / available

@@ -177,7 +177,7 @@ def test_symmetric_is_chosen_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_sample_rank_and_capacity() -> None:
-    assert candidate_capacity(1000) == 1282
+    assert candidate_capacity(1000) == 1157
     rank = sample_rank(568, 50_000, 4096)
     assert rank is not None and 46 < rank < 80  # mu = 46.5 plus about 3 sigma
     assert sample_rank(3900, 4000, 4000) is None  # would not fit in the sample
