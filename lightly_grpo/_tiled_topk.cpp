@@ -114,18 +114,21 @@ inline float score_at(const Tile& t, int64_t i, int64_t j, bool row_side) {
 
 // ---- row side: tile row i competes for state row row_state0 + i ------------------------------
 
-void rows_scalar(const State& s, const Tile& t, int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-        const int64_t row = t.row_state0 + i;
-        const int32_t rid = t.row_ids[i];
-        for (int64_t j = 0; j < t.n; ++j) {
-            const float v = score_at(t, i, j, true);
-            if (v < s.thr_v[row]) continue;
-            const int32_t cid = t.col_ids[j];
-            if (t.skip_self && cid == rid) continue;
-            consider(s, row, v, cid);
-        }
+// Row i of the tile against columns [j0, j1): the scalar scan, and the tail of the vector one.
+inline void row_range(const State& s, const Tile& t, int64_t i, int64_t j0, int64_t j1) {
+    const int64_t row = t.row_state0 + i;
+    const int32_t rid = t.row_ids[i];
+    for (int64_t j = j0; j < j1; ++j) {
+        const float v = score_at(t, i, j, true);
+        if (v < s.thr_v[row]) continue;
+        const int32_t cid = t.col_ids[j];
+        if (t.skip_self && cid == rid) continue;
+        consider(s, row, v, cid);
     }
+}
+
+void rows_scalar(const State& s, const Tile& t, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) row_range(s, t, i, 0, t.n);
 }
 
 #if LG_X86
@@ -151,13 +154,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const State& s, const Tile& t
                 consider(s, row, score_at(t, i, j + b, true), cid);
             }
         }
-        for (; j < t.n; ++j) {
-            const float v = score_at(t, i, j, true);
-            if (v < s.thr_v[row]) continue;
-            const int32_t cid = t.col_ids[j];
-            if (t.skip_self && cid == rid) continue;
-            consider(s, row, v, cid);
-        }
+        row_range(s, t, i, j, t.n);
     }
 }
 #endif
@@ -167,21 +164,25 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const State& s, const Tile& t
 // strips so the column-side candidate buffers being written stay few (cache and TLB).
 constexpr int64_t kStrip = 1024;
 
+// Row i of the tile against columns [j0, j1), for its row and for each column: the scalar
+// scan, and the tail of the vector one.
+inline void both_range(const State& s, const Tile& t, int64_t i, int64_t j0, int64_t j1) {
+    const int64_t row = t.row_state0 + i;
+    const int32_t rid = t.row_ids[i];
+    for (int64_t j = j0; j < j1; ++j) {
+        if (t.skip_self && t.col_ids[j] == rid) continue;
+        const float vr = score_at(t, i, j, true);
+        if (vr >= s.thr_v[row]) consider(s, row, vr, t.col_ids[j]);
+        const int64_t col = t.col_state0 + j;
+        const float vc = score_at(t, i, j, false);
+        if (vc >= s.thr_v[col]) consider(s, col, vc, rid);
+    }
+}
+
 void block_scalar(const State& s, const Tile& t, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     for (int64_t js = j0; js < j1; js += kStrip) {
         const int64_t je = std::min(j1, js + kStrip);
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t row = t.row_state0 + i;
-            const int32_t rid = t.row_ids[i];
-            for (int64_t j = js; j < je; ++j) {
-                if (t.skip_self && t.col_ids[j] == rid) continue;
-                const float vr = score_at(t, i, j, true);
-                if (vr >= s.thr_v[row]) consider(s, row, vr, t.col_ids[j]);
-                const int64_t col = t.col_state0 + j;
-                const float vc = score_at(t, i, j, false);
-                if (vc >= s.thr_v[col]) consider(s, col, vc, rid);
-            }
-        }
+        for (int64_t i = i0; i < i1; ++i) both_range(s, t, i, js, je);
     }
 }
 
@@ -221,14 +222,7 @@ __attribute__((target("avx2,fma"))) void block_avx2(const State& s, const Tile& 
                     consider(s, t.col_state0 + j + b, score_at(t, i, j + b, false), rid);
                 }
             }
-            for (; j < je; ++j) {
-                if (t.skip_self && t.col_ids[j] == rid) continue;
-                const float vr = score_at(t, i, j, true);
-                if (vr >= s.thr_v[row]) consider(s, row, vr, t.col_ids[j]);
-                const int64_t col = t.col_state0 + j;
-                const float vc = score_at(t, i, j, false);
-                if (vc >= s.thr_v[col]) consider(s, col, vc, rid);
-            }
+            both_range(s, t, i, j, je);
         }
     }
 }
@@ -695,9 +689,8 @@ PyObject* finalize(PyObject*, PyObject* args) {
     return PyLong_FromLongLong(total);
 }
 
-PyObject* has_avx2(PyObject*, PyObject*) { return PyBool_FromLong(use_avx2()); }
-
-// set_vector_scan(enabled) -> previous setting. For tests: False runs the scalar code paths.
+// set_vector_scan(enabled) -> previous setting (True also where the CPU has no AVX2). For tests:
+// False runs the scalar code paths.
 PyObject* set_vector_scan(PyObject*, PyObject* args) {
     int enabled;
     if (!PyArg_ParseTuple(args, "p", &enabled)) return nullptr;
@@ -708,7 +701,6 @@ PyMethodDef methods[] = {
     {"push_tile", push_tile, METH_VARARGS, "Streams one score tile into the top-k state."},
     {"set_thresholds", set_thresholds, METH_VARARGS, "Starts rows at a sampled threshold."},
     {"finalize", finalize, METH_VARARGS, "Writes the sorted top-k of the given state rows."},
-    {"has_avx2", has_avx2, METH_NOARGS, "Whether the AVX2 scan is in use."},
     {"set_vector_scan", set_vector_scan, METH_VARARGS, "Turns the AVX2 scan on or off (tests)."},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -116,11 +116,21 @@ class _TopKState:
         self.thr_v[:rows] = -np.inf
         self.thr_key[:rows] = 0  # 0: every candidate gets in
 
+    def _state(self) -> tuple[Any, ...]:
+        """The leading arguments of every kernel call: buffers, counts, thresholds, sizes."""
+        return (
+            self.entries,
+            self.counts,
+            self.thr_v,
+            self.thr_key,
+            self.rows,
+            self.cap,
+            self.k,
+        )
+
     def push(
         self,
         tile: np.ndarray,
-        m: int,
-        n: int,
         *,
         scale: float,
         col_bias: np.ndarray | None,
@@ -132,18 +142,15 @@ class _TopKState:
         skip_self: bool,
         threads: int,
     ) -> None:
+        """Streams a C-contiguous (m, n) score tile into state rows ``row_state0`` on (and,
+        with ``col_state0 >= 0``, column-wise into rows ``col_state0`` on)."""
+        m, n = tile.shape
         _kernel.push_tile(
-            self.entries,
-            self.counts,
-            self.thr_v,
-            self.thr_key,
-            self.rows,
-            self.cap,
-            self.k,
+            *self._state(),
             tile,
             m,
             n,
-            tile.shape[1],
+            n,
             scale,
             col_bias,
             row_bias,
@@ -158,8 +165,7 @@ class _TopKState:
     def set_thresholds(
         self,
         tile: np.ndarray,
-        m: int,
-        n: int,
+        *,
         scale: float,
         col_bias: np.ndarray | None,
         row_ids: np.ndarray,
@@ -169,18 +175,14 @@ class _TopKState:
         rank: int,
         threads: int,
     ) -> None:
+        """Starts the empty rows of a sample tile at their rank-th best score."""
+        m, n = tile.shape
         _kernel.set_thresholds(
-            self.entries,
-            self.counts,
-            self.thr_v,
-            self.thr_key,
-            self.rows,
-            self.cap,
-            self.k,
+            *self._state(),
             tile,
             m,
             n,
-            tile.shape[1],
+            n,
             scale,
             col_bias,
             row_ids,
@@ -197,13 +199,7 @@ class _TopKState:
         values = _prefaulted((len(state_rows), self.k), np.float32)
         ids = _prefaulted((len(state_rows), self.k), np.int64)
         short = _kernel.finalize(
-            self.entries,
-            self.counts,
-            self.thr_v,
-            self.thr_key,
-            self.rows,
-            self.cap,
-            self.k,
+            *self._state(),
             np.ascontiguousarray(state_rows, dtype=np.int32),
             len(state_rows),
             values,
@@ -401,26 +397,24 @@ class _Tiles:
         self,
         state: _TopKState,
         tile: np.ndarray,
-        m: int,
         q_ids: np.ndarray,
         row_state0: int,
         skip_self: bool,
         available: int,
     ) -> None:
+        """Sets the start thresholds of the queries of ``tile``, their scores on the sample band."""
         rank = sample_rank(state.k, available, self.sample)
         if rank is not None:
             state.set_thresholds(
                 tile,
-                m,
-                self.sample,
-                self.scale,
-                self.col_bias(0, self.sample),
-                q_ids,
-                self.ids[: self.sample],
-                row_state0,
-                skip_self,
-                rank,
-                self.threads,
+                scale=self.scale,
+                col_bias=self.col_bias(0, self.sample),
+                row_ids=q_ids,
+                col_ids=self.ids[: self.sample],
+                row_state0=row_state0,
+                skip_self=skip_self,
+                rank=rank,
+                threads=self.threads,
             )
 
     def search_rows(
@@ -443,13 +437,9 @@ class _Tiles:
             for j0, n in self.column_tiles(0):
                 tile = self.scores(qt, self.refs[j0 : j0 + n])
                 if j0 == 0 and available is not None:
-                    self.start_thresholds(
-                        state, tile, m, q_ids[i0 : i0 + m], i0, skip_self, available
-                    )
+                    self.start_thresholds(state, tile, q_ids[i0 : i0 + m], i0, skip_self, available)
                 state.push(
                     tile,
-                    m,
-                    n,
                     scale=self.scale,
                     col_bias=self.col_bias(j0, n),
                     row_bias=None,
@@ -555,11 +545,9 @@ def _symmetric(
     for i0 in range(0, n_items, ts):
         xi, m = x_p[i0 : i0 + ts], min(ts, n_items - i0)
         tile = tiles.scores(xi, x_p[:width])
-        tiles.start_thresholds(state, tile, m, ids[i0 : i0 + m], i0, True, n_items - 1)
+        tiles.start_thresholds(state, tile, ids[i0 : i0 + m], i0, True, n_items - 1)
         state.push(
             tile,
-            m,
-            width,
             scale=tiles.scale,
             col_bias=tiles.col_bias(0, width),
             row_bias=tiles.col_bias(i0, m),
@@ -578,8 +566,6 @@ def _symmetric(
         for j0, n in tiles.column_tiles(i0):
             state.push(
                 tiles.scores(xi, x_p[j0 : j0 + n]),
-                m,
-                n,
                 scale=tiles.scale,
                 col_bias=tiles.col_bias(j0, n),
                 row_bias=tiles.col_bias(i0, m),

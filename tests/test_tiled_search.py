@@ -198,8 +198,6 @@ def test_kernel_rejects_mismatched_buffers() -> None:
     with pytest.raises(ValueError, match="col_ids holds 16 bytes, expected 32"):
         state.push(
             tile,
-            4,
-            8,
             scale=1.0,
             col_bias=None,
             row_bias=None,
@@ -213,8 +211,6 @@ def test_kernel_rejects_mismatched_buffers() -> None:
     with pytest.raises(ValueError, match="tile rows/columns outside the state"):
         state.push(
             tile,
-            4,
-            8,
             scale=1.0,
             col_bias=None,
             row_bias=None,
