@@ -1,4 +1,4 @@
-"""BatchNorm handling for post-training on small labeled sets (DESIGN.md 1.4).
+"""BatchNorm handling for post-training on small labeled sets (``docs/method.md``, "BatchNorm").
 
 Post-training on a few thousand labeled images shifts BatchNorm running statistics enough to wreck
 accuracy with no weight update at all. Two remedies: keep BN layers in eval mode while training
@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from lightly_grpo.embedding import unpack_batch
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -40,6 +42,10 @@ def recompute_batchnorm_stats(
 ) -> int:
     """Re-estimates BatchNorm running statistics as an exact average over ``batches``.
 
+    Only the BatchNorm layers are put in training mode (everything else, dropout included, runs
+    in eval mode), directly on each layer: a parent's ``train()`` may be overridden to keep BN
+    frozen, as the post-training stage's is. Every submodule's mode is restored afterwards.
+
     Args:
         module: The model whose BN layers are reset and re-estimated.
         batches: Iterable of image tensors or ``(images, ...)`` tuples (unlabeled is fine); a list
@@ -59,20 +65,20 @@ def recompute_batchnorm_stats(
     layers = batchnorm_layers(module)
     if not layers:
         return 0
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     momenta = [layer.momentum for layer in layers]
+    for submodule in module.modules():
+        submodule.training = False
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # None = cumulative moving average, i.e. the exact mean
-    module.train()
+        layer.training = True
     run = forward if forward is not None else module
     device = next(module.parameters()).device
     used = 0
     try:
         for batch in tqdm(batches, desc="re-estimating BatchNorm", disable=not progress):
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if isinstance(images, (tuple, list)):
-                images = images[0]
+            images, _ = unpack_batch(batch, require_labels=False, views="first")
             run(images.to(device))
             used += 1
             if max_batches is not None and used >= max_batches:
@@ -80,7 +86,8 @@ def recompute_batchnorm_stats(
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
-        module.train(was_training)
+        for submodule, mode in modes:
+            submodule.training = mode
     if used == 0:
         raise ValueError("recompute_batchnorm_stats got no batches; BN statistics are reset")
     return used

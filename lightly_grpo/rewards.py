@@ -1,14 +1,22 @@
-"""Reward objects for GRPO-RM (DESIGN.md section 1.2).
+"""Reward objects for GRPO-RM (``docs/method.md``, "Rewards").
 
 A reward maps a group of candidate outputs per query to one number per output. Rewards are
 computed without gradient (they are constants of the policy-gradient objective) and compose by
-addition: ``AccuracyReward() + UniformityReward(weight=1.0)``.
+addition: ``AccuracyReward() + UniformityReward(weight=1.0)``. Every reward can be written to and
+rebuilt from a plain dict (:meth:`Reward.config`, :func:`reward_from_config`), so a Lightning
+checkpoint remembers which reward trained it.
+
+A new reward subclasses :class:`Reward`, reads what it needs from :class:`RewardInputs` (output
+sets may add their own per-output tensors under ``extras``, e.g. a neighbour mask) and registers
+itself with :func:`register_reward` so that configs can name it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,18 +35,58 @@ class RewardInputs:
     correct: Tensor
     old_logits: Tensor
     similarities: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def old_probs(self) -> Tensor:
         """pi_old(i | x) = softmax over the group of the old logits."""
         return torch.softmax(self.old_logits, dim=-1)
 
+    def extra(self, name: str) -> Tensor:
+        """An output-set-specific input (B, G), e.g. ``"neighbor"``; ValueError when absent."""
+        if name not in self.extras:
+            raise ValueError(
+                f"this reward needs the input {name!r}, which the output set does not provide "
+                f"(it provides {sorted(self.extras) or 'no extras'})"
+            )
+        return self.extras[name]
+
+
+_REWARDS: dict[str, type[Reward]] = {}
+_R = TypeVar("_R", bound="type[Reward]")
+
+
+def register_reward(name: str) -> Callable[[_R], _R]:
+    """Class decorator: lets :func:`reward_from_config` rebuild the reward from ``{"type": name}``."""
+
+    def decorate(cls: _R) -> _R:
+        _REWARDS[name] = cls
+        cls.type_name = name
+        return cls
+
+    return decorate
+
 
 class Reward(ABC):
     """Base class: ``reward(inputs) -> Tensor (batch_size, group_size)``."""
 
+    type_name: str = ""
+
     @abstractmethod
     def compute(self, inputs: RewardInputs) -> Tensor:
         """Returns the rewards for every (query, output) pair."""
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this reward (override when there are any)."""
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """A plain dict that :func:`reward_from_config` turns back into an equal reward."""
+        if not self.type_name:
+            raise ValueError(
+                f"{type(self).__name__} is not registered: decorate it with @register_reward(name) "
+                "so that checkpoints can record it"
+            )
+        return {"type": self.type_name, **self.params()}
 
     def __call__(self, inputs: RewardInputs) -> Tensor:
         with torch.no_grad():
@@ -47,7 +95,33 @@ class Reward(ABC):
     def __add__(self, other: Reward) -> SumReward:
         return SumReward([self, other])
 
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
 
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self)))
+
+
+def reward_from_config(config: dict[str, Any] | Reward) -> Reward:
+    """Rebuilds a reward from :meth:`Reward.config` (a reward passes through unchanged).
+
+    Examples:
+        >>> reward = AccuracyReward() + UniformityReward(0.5, form="similarity")
+        >>> reward_from_config(reward.config()) == reward
+        True
+    """
+    if isinstance(config, Reward):
+        return config
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"a reward config is a dict with a 'type' key, got {config!r}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    name = config["type"]
+    if name not in _REWARDS:
+        raise ValueError(f"unknown reward type {name!r}; known: {sorted(_REWARDS)}")
+    return _REWARDS[name](**kwargs)
+
+
+@register_reward("sum")
 class SumReward(Reward):
     """Sum of rewards (each may carry its own weight).
 
@@ -57,13 +131,17 @@ class SumReward(Reward):
         2
     """
 
-    def __init__(self, rewards: list[Reward]) -> None:
+    def __init__(self, rewards: list[Reward | dict[str, Any]]) -> None:
         if not rewards:
             raise ValueError("SumReward needs at least one reward, got an empty list")
         flat: list[Reward] = []
-        for reward in rewards:
+        for item in rewards:
+            reward = reward_from_config(item)
             flat.extend(reward.rewards if isinstance(reward, SumReward) else [reward])
         self.rewards: list[Reward] = flat
+
+    def params(self) -> dict[str, Any]:
+        return {"rewards": [r.config() for r in self.rewards]}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
         total = self.rewards[0].compute(inputs).clone()
@@ -75,6 +153,7 @@ class SumReward(Reward):
         return " + ".join(repr(r) for r in self.rewards)
 
 
+@register_reward("accuracy")
 class AccuracyReward(Reward):
     """``weight`` for correct outputs, 0 otherwise.
 
@@ -90,7 +169,12 @@ class AccuracyReward(Reward):
     """
 
     def __init__(self, weight: float = 1.0) -> None:
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"weight must be a finite number > 0, got {weight}")
         self.weight = float(weight)
+
+    def params(self) -> dict[str, Any]:
+        return {"weight": self.weight}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
         reward = inputs.correct.to(inputs.old_logits.dtype)
@@ -100,16 +184,20 @@ class AccuracyReward(Reward):
         return f"AccuracyReward(weight={self.weight})"
 
 
+@register_reward("uniformity")
 class UniformityReward(Reward):
     """Penalises wrong outputs; correct outputs get 0.
 
     Two forms (DESIGN.md 1.2):
 
-    - ``"policy"``: r = -weight * pi_old(i | x). Confident mistakes are punished harder; with
-      weight = 1 and an accuracy reward of 1 every wrong output's advantage stays <= 0.
+    - ``"policy"``: r = -weight * pi_old(i | x). Confident mistakes are punished harder.
     - ``"similarity"``: r = -weight * max(<z, k_i>, 0). Pushes away from wrong keys in embedding
-      space. The clamp (``clamp=True``) matters: rewards are compared within the group, so an
-      unclamped penalty rewards wrong keys with negative cosine above the group mean.
+      space (``clamp=False`` drops the clamp).
+
+    Rewards are compared within the group, so on their own either form can rank a wrong output
+    above the group mean (the similarity form for keys with negative cosine, the policy form when
+    ``weight`` exceeds the accuracy weight). The loss therefore caps every wrong output's
+    advantage at 0 (``docs/method.md``, "Advantages"): no setting gives a wrong output a push up.
 
     Args:
         weight: lambda, the strength of the penalty (>= 0).
@@ -127,9 +215,14 @@ class UniformityReward(Reward):
             raise ValueError(f"form must be one of {self.FORMS}, got {form!r}")
         if not weight >= 0:
             raise ValueError(f"weight must be >= 0, got {weight}")
+        if weight == float("inf"):
+            raise ValueError(f"weight must be finite, got {weight}")
         self.weight = float(weight)
         self.form = form
-        self.clamp = clamp
+        self.clamp = bool(clamp)
+
+    def params(self) -> dict[str, Any]:
+        return {"weight": self.weight, "form": self.form, "clamp": self.clamp}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
         if self.form == "policy":

@@ -6,79 +6,93 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-import pytorch_lightning as pl
+import pytorch_lightning as pl  # noqa: F401  (used in the docstring example)
 import torch
-import torch.nn.functional as F
-from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters
+from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from lightly_grpo.batchnorm import freeze_batchnorm_stats, recompute_batchnorm_stats
-from lightly_grpo.classification_loss import GRPORMClassificationLoss
+from lightly_grpo.embedding import unpack_batch
+from lightly_grpo.losses.classification import GRPORMClassificationLoss
+from lightly_grpo.losses.policy import GRPORMPolicyLoss
+from lightly_grpo.posttraining import BATCHNORM_MODES, EmbeddingModel, PostTrainingModule
 from lightly_grpo.rewards import Reward
-from lightly_grpo.schedules import per_step_cosine
 
-BATCHNORM_MODES = ("freeze", "train", "recompute")
+__all__ = ["BATCHNORM_MODES", "GRPORMStage", "split_batch"]
+
+# Hyperparameters that configure the criterion; saved inside its config, not separately.
+_CRITERION_ARGS = (
+    "num_classes",
+    "embedding_size",
+    "temperature",
+    "clip_eps",
+    "beta",
+    "group_size",
+    "compile_loss",
+)
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """Images and labels from a lightly-style batch.
+    """Images and labels from a labeled lightly-style batch (views concatenated).
 
-    Accepts ``(images, labels, ...)`` where images is a tensor or a list of views (lightly's
-    multi-view transforms); views are concatenated and the labels repeated to match.
+    Kept for compatibility; :func:`lightly_grpo.embedding.unpack_batch` also takes unlabeled
+    batches.
     """
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ValueError(
-            f"expected a batch (images, labels, ...), got {type(batch).__name__} "
-            f"of length {len(batch) if isinstance(batch, (tuple, list)) else 'n/a'}"
-        )
-    images, labels = batch[0], batch[1]
-    if isinstance(images, (tuple, list)):
-        if len(images) == 0:
-            raise ValueError("got an empty list of views")
-        labels = labels.repeat(len(images))
-        images = torch.cat(list(images), dim=0)
-    if images.shape[0] == 0:
-        raise ValueError(f"empty batch: images have shape {tuple(images.shape)}")
+    images, labels = unpack_batch(batch, require_labels=True)
+    assert labels is not None
     return images, labels
 
 
-class GRPORMStage(pl.LightningModule):
-    """GRPO-RM post-training of a backbone with class prototypes as the output set.
+def build_criterion(config: dict[str, Any]) -> GRPORMPolicyLoss:
+    """Rebuilds a criterion from its ``config()`` (as saved in a checkpoint's hyperparameters)."""
+    if "output_set" in config:
+        return GRPORMPolicyLoss(**config)
+    return GRPORMClassificationLoss(**config)
+
+
+class GRPORMStage(PostTrainingModule):
+    """GRPO-RM post-training of a backbone, given its criterion (and with it, its output set).
 
     Wraps any backbone (plus an optional projection head); the embeddings are
-    ``normalize(head(backbone(x)))``. Trains with AdamW (backbone and prototypes in separate
-    parameter groups), one or several inner GRPO steps per batch, and logs per step the mean reward,
-    policy entropy, clip fraction, share of degenerate groups and the train accuracy of the
-    policy's argmax.
+    ``normalize(head(backbone(x)))``. Either pass a ready criterion
+    (``criterion=GRPORMPolicyLoss(output_set, ...)`` or a :class:`GRPORMClassificationLoss`), or
+    ``num_classes`` and ``embedding_size`` (and the loss settings below) to get class prototypes,
+    the paper's setting. Trains with AdamW (backbone and criterion parameters in separate groups,
+    see :class:`~lightly_grpo.posttraining.PostTrainingModule`), one or several inner GRPO steps per
+    batch (the group is sampled once per batch and reused), and logs per step the mean reward,
+    policy accuracy, entropy, KL, clip fraction and share of degenerate groups. The logged
+    ``train/loss`` is about 0 by construction with one inner step (advantages sum to zero in a
+    group); reward, accuracy and entropy show the learning.
 
-    BatchNorm (DESIGN.md 1.4): ``batchnorm="freeze"`` (default) keeps BN layers in eval mode while
-    training, so the running statistics stay as pretrained; ``"train"`` updates them as usual;
-    ``"recompute"`` updates them and expects :meth:`recompute_batchnorm` on unlabeled images before
-    evaluation.
+    The criterion's config (output set and reward included) is saved in the checkpoint's
+    hyperparameters, so ``GRPORMStage.load_from_checkpoint(path, backbone=...)`` rebuilds it.
 
     Args:
         backbone: Any module mapping images to (B, ...) features.
-        num_classes: Number of classes.
-        embedding_size: Dimension of the embeddings (head output, or backbone output).
+        num_classes: Number of classes (when no criterion is given).
+        embedding_size: Dimension of the embeddings (when no criterion is given).
         head: Optional projection head applied after the backbone.
-        temperature: Policy temperature tau.
+        temperature: Policy temperature tau (when no criterion is given).
         reward: Reward object (default accuracy + uniformity, -pi_old, lambda = 1).
         clip_eps: PPO clip range.
         beta: Weight of the KL to the frozen pretrained model (0 drops the reference model).
         inner_steps: Optimizer steps per batch against the logits frozen at the first step.
-        group_size: None enumerates every class; an integer samples that many per query.
+        group_size: None enumerates every output; an integer samples that many per query.
         lr_backbone: AdamW learning rate for backbone and head.
-        lr_prototypes: AdamW learning rate for the prototypes.
+        lr_prototypes: AdamW learning rate for the criterion's parameters (the prototypes).
         weight_decay: AdamW weight decay (not applied to norms, biases and prototypes).
         batchnorm: "freeze", "train" or "recompute".
         warmup_steps: Linear warmup steps of the cosine learning-rate schedule.
         lr_schedule: "cosine" or "constant".
         compile_loss: ``torch.compile`` the loss's fused math (fewer GPU kernel launches).
+        criterion: A ready :class:`GRPORMPolicyLoss` (or its config dict); replaces the loss
+            arguments above.
 
     Examples:
         >>> from lightly_grpo.backbones import resnet18_small
         >>> stage = GRPORMStage(resnet18_small(), num_classes=10, embedding_size=512)
+        >>> from lightly_grpo.output_sets import ClassPrototypes
+        >>> criterion = GRPORMPolicyLoss(ClassPrototypes(10, 512), temperature=0.2)
+        >>> stage = GRPORMStage(resnet18_small(), criterion=criterion, inner_steps=2)
         >>> trainer = pl.Trainer(max_epochs=1)  # doctest: +SKIP
         >>> trainer.fit(stage, train_loader)  # doctest: +SKIP
     """
@@ -86,11 +100,11 @@ class GRPORMStage(pl.LightningModule):
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int,
-        embedding_size: int,
+        num_classes: int | None = None,
+        embedding_size: int | None = None,
         head: nn.Module | None = None,
         temperature: float = 0.1,
-        reward: Reward | None = None,
+        reward: Reward | dict[str, Any] | None = None,
         clip_eps: float = 0.2,
         beta: float = 0.0,
         inner_steps: int = 1,
@@ -102,172 +116,110 @@ class GRPORMStage(pl.LightningModule):
         warmup_steps: int = 0,
         lr_schedule: str = "cosine",
         compile_loss: bool = False,
+        criterion: GRPORMPolicyLoss | dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        if batchnorm not in BATCHNORM_MODES:
-            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-        if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        for name, value in (("lr_backbone", lr_backbone), ("lr_prototypes", lr_prototypes)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.save_hyperparameters(ignore=["backbone", "head", "reward"])
-        self.automatic_optimization = False
-        self.backbone = backbone
-        self.head = head if head is not None else nn.Identity()
-        self.criterion = GRPORMClassificationLoss(
-            num_classes,
-            embedding_size,
-            temperature=temperature,
-            reward=reward,
-            clip_eps=clip_eps,
-            beta=beta,
-            group_size=group_size,
-            compile_math=compile_loss,
+        if isinstance(criterion, dict):
+            criterion = build_criterion(criterion)
+        if criterion is None:
+            if num_classes is None or embedding_size is None:
+                raise ValueError(
+                    "GRPORMStage needs a criterion, or num_classes and embedding_size for class "
+                    f"prototypes (got num_classes={num_classes}, embedding_size={embedding_size})"
+                )
+            criterion = GRPORMClassificationLoss(
+                num_classes,
+                embedding_size,
+                temperature=temperature,
+                reward=reward,
+                clip_eps=clip_eps,
+                beta=beta,
+                group_size=group_size,
+                compile_math=compile_loss,
+            )
+        elif not isinstance(criterion, GRPORMPolicyLoss):
+            raise ValueError(
+                f"criterion must be a GRPORMPolicyLoss, got {type(criterion).__name__}"
+            )
+        super().__init__(
+            backbone,
+            criterion,
+            head=head,
+            lr_backbone=lr_backbone,
+            lr_criterion=lr_prototypes,
+            weight_decay=weight_decay,
+            batchnorm=batchnorm,
+            warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule,
+            requires_labels=criterion.output_set.requires_labels,
         )
-        self.reference: nn.Module | None = None
-        if beta > 0:
-            # pi_ref is the frozen pretrained model with the prototypes it started from.
-            self.reference = copy.deepcopy(nn.Sequential(self.backbone, self.head))
+        self.criterion: GRPORMPolicyLoss = criterion
+        self.inner_steps = inner_steps
+        self.save_hyperparameters(ignore=["backbone", "head", "reward", "criterion", *_CRITERION_ARGS])
+        # The criterion's config carries the output set and the reward: a loaded checkpoint
+        # rebuilds exactly the objective it was trained with.
+        self.hparams["criterion"] = criterion.config()
+        self.reference: EmbeddingModel | None = None
+        if criterion.beta > 0:
+            # pi_ref is the frozen pretrained model (one forward with the policy's, flatten
+            # included) scored against the output set's reference keys.
+            self.reference = copy.deepcopy(EmbeddingModel(self.backbone, self.head))
             deactivate_requires_grad(self.reference)
-            self.reference_keys: Tensor
-            self.register_buffer("reference_keys", self.criterion.prototypes.keys().detach())
+            self.reference.eval()
 
-    # ----------------------------------------------------------------- embedding
-    def forward(self, images: Tensor) -> Tensor:
-        """Unnormalised embeddings ``head(backbone(x))``, shape (B, embedding_size)."""
-        return self.head(self.backbone(images).flatten(start_dim=1))
-
-    def embed(self, images: Tensor) -> Tensor:
-        """L2-normalised embeddings (what the policy and the evaluation see)."""
-        return F.normalize(self(images), dim=1)
-
-    @torch.no_grad()
-    def embed_loader(
-        self, loader: Iterable[Any], progress: bool = False, desc: str = "embedding"
-    ) -> tuple[Tensor, Tensor]:
-        """Embeds a labeled loader in eval mode; returns (embeddings, labels) on the CPU."""
-        was_training = self.training
-        self.eval()
-        chunks, labels = [], []
-        try:
-            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-                images, targets = batch[0], batch[1]
-                if isinstance(images, (tuple, list)):
-                    images = images[0]
-                chunks.append(self.embed(images.to(self.device)).float().cpu())
-                labels.append(torch.as_tensor(targets).cpu())
-        finally:
-            self.train(was_training)
-        if not chunks:
-            raise ValueError("the loader yielded no batches")
-        return torch.cat(chunks), torch.cat(labels).long()
-
+    # ----------------------------------------------------------------- set-up
     @torch.no_grad()
     def init_prototypes(self, loader: Iterable[Any], progress: bool = False) -> None:
-        """Initialises the class prototypes to the class means of the current embeddings."""
-        embeddings, labels = self.embed_loader(loader, progress, desc="class means")
-        self.criterion.init_prototypes(embeddings.to(self.device), labels.to(self.device))
-        if self.reference is not None:
-            self.reference_keys.copy_(self.criterion.prototypes.keys().detach())
+        """Initialises the output set from the current embeddings (class means for prototypes)
+        and records them as the reference policy's keys."""
+        embeddings, labels = self.embed_loader(loader, progress, desc="initialising output set")
+        self.criterion.output_set.initialize(embeddings.to(self.device), labels.to(self.device))
+        self.criterion.output_set.snapshot_reference()
 
     @torch.no_grad()
     def predict_classes(self, images: Tensor) -> Tensor:
-        """The prototype policy's argmax class for each image."""
-        return self.criterion.prototypes.predict(self.embed(images))
-
-    def recompute_batchnorm(
-        self, loader: Iterable[Any], max_batches: int | None = None, progress: bool = False
-    ) -> int:
-        """Re-estimates the backbone's BatchNorm statistics on (unlabeled) images."""
-        return recompute_batchnorm_stats(
-            self, loader, forward=self.forward, max_batches=max_batches, progress=progress
-        )
+        """The policy's argmax output for each image (the class, for class prototypes)."""
+        return self.criterion.output_set.predict(self.embed(images))
 
     def train(self, mode: bool = True) -> GRPORMStage:
         super().train(mode)
-        if mode and self.hparams["batchnorm"] == "freeze":
-            freeze_batchnorm_stats(self.backbone)
-            freeze_batchnorm_stats(self.head)
         if self.reference is not None:
-            self.reference.eval()
+            self.reference.eval()  # never in training mode: its BN statistics stay as pretrained
         return self
 
+    def policy_modules(self) -> nn.ModuleList:
+        return nn.ModuleList([self.backbone, self.head])
+
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning keeps whatever mode each submodule is in (it calls no model.train() at fit
-        # start and restores per-module modes after validation), so enforce the BN policy here.
-        if self.hparams["batchnorm"] == "freeze":
-            freeze_batchnorm_stats(self.backbone)
-            freeze_batchnorm_stats(self.head)
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels = unpack_batch(batch, require_labels=self.requires_labels)
         if self.reference is not None:
             self.reference.eval()
-
-    def _reference_logits(self, images: Tensor) -> Tensor | None:
-        if self.reference is None:
-            return None
-        with torch.no_grad():
-            z = F.normalize(self.reference(images).flatten(start_dim=1), dim=1)
-            return z @ self.reference_keys.t() / self.criterion.temperature
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images, labels = split_batch(batch)
-        optimizer = self.optimizers()
-        assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
-        ref_logits = self._reference_logits(images)
-        old_logits: Tensor | None = None
+        ref_logits = old_logits = group_index = None
         first_stats: dict[str, Tensor] = {}
         clip_fractions = []
         loss = images.new_zeros(())
-        for step in range(self.hparams["inner_steps"]):
+        for step in range(self.inner_steps):
             embeddings = self(images)  # validated (NaN/inf, labels) inside the criterion
-            if self.hparams["inner_steps"] > 1 and old_logits is None:
-                old_logits = self.criterion.logits(embeddings).detach()
+            if step == 0:
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_embeddings = self.reference(images)
+                    ref_logits = self.criterion.reference_logits(ref_embeddings, embeddings, labels)
+                if self.inner_steps > 1:
+                    # Frozen old policy and one sampled group for all inner steps, as GRPO
+                    # samples once per prompt.
+                    old_logits = self.criterion.logits(embeddings.detach(), labels)
+                    group_index = self.criterion.sample_group_index(old_logits, embeddings, labels)
             loss, stats = self.criterion.forward_with_stats(
-                embeddings, labels, old_logits, ref_logits
+                embeddings, labels, old_logits, ref_logits, group_index
             )
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            self.optimizer_step_on(loss)
             clip_fractions.append(stats["clip_fraction"])
             if step == 0:
                 first_stats = stats
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()  # type: ignore[union-attr]
-        logged = {f"train/{k}": v for k, v in first_stats.items() if k != "clip_fraction"}
-        logged["train/clip_fraction"] = torch.stack(clip_fractions).mean()
-        logged["train/loss"] = loss.detach()
-        self.log_dict(logged, prog_bar=False, on_step=True, on_epoch=True, batch_size=len(labels))
-        self.log("reward", first_stats["reward"], prog_bar=True, on_step=True, on_epoch=False)
-        self.log("acc", first_stats["accuracy"], prog_bar=True, on_step=True, on_epoch=False)
+        self.step_schedule()
+        stats = {**first_stats, "clip_fraction": torch.stack(clip_fractions).mean()}
+        self.log_training_stats({**stats, "loss": loss.detach()}, len(images))
         return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels = split_batch(batch)
-        predictions = self.predict_classes(images)
-        accuracy = (predictions == labels).float().mean()
-        # "val/accuracy" pairs with "train/accuracy" in the report's curves.
-        self.log("val/accuracy", accuracy, prog_bar=True, batch_size=len(labels))
-
-    def configure_optimizers(self) -> Any:
-        decay, no_decay = get_weight_decay_parameters([self.backbone, self.head])
-        groups = [
-            {"params": decay, "lr": self.hparams["lr_backbone"]},
-            {"params": no_decay, "lr": self.hparams["lr_backbone"], "weight_decay": 0.0},
-            {
-                "params": list(self.criterion.parameters()),
-                "lr": self.hparams["lr_prototypes"],
-                "weight_decay": 0.0,
-            },
-        ]
-        groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, weight_decay=self.hparams["weight_decay"])
-        if self.hparams["lr_schedule"] == "constant":
-            return optimizer
-        schedule = per_step_cosine(
-            optimizer, self.trainer.estimated_stepping_batches, self.hparams["warmup_steps"]
-        )
-        return {"optimizer": optimizer, "lr_scheduler": schedule}

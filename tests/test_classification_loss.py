@@ -86,7 +86,7 @@ def test_bad_input_raises_with_the_value() -> None:
         criterion(torch.randn(2, 3), torch.tensor([0, 4]))
     with pytest.raises(ValueError, match=r"got \[-1\]"):
         criterion(torch.randn(2, 3), torch.tensor([-1, 0]))
-    with pytest.raises(ValueError, match="embeddings contain 1 NaN"):
+    with pytest.raises(ValueError, match="embeddings contains NaN or inf: 1 value"):
         criterion(torch.tensor([[0.0, float("nan"), 1.0]]), torch.tensor([0]))
     with pytest.raises(ValueError, match="empty batch"):
         criterion(torch.randn(0, 3), torch.zeros(0, dtype=torch.long))
@@ -102,7 +102,7 @@ def test_bad_input_raises_with_the_value() -> None:
         GRPORMClassificationLoss(4, 3, clip_eps=-0.2)
 
 
-@pytest.mark.parametrize("uniformity", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("uniformity", [0.0, 1.0, 0.5, 2.0])
 def test_fused_default_path_equals_general_loss(uniformity: float) -> None:
     from lightly_grpo.loss import GRPORMLoss, fused_accuracy_uniformity_loss
     from lightly_grpo.rewards import RewardInputs, build_reward
@@ -113,7 +113,7 @@ def test_fused_default_path_equals_general_loss(uniformity: float) -> None:
     correct[0] = True  # a degenerate group: all outputs correct
     reward = build_reward(1.0, uniformity)
     rewards = reward(RewardInputs(correct, logits.detach(), logits.detach()))
-    (general,) = torch.autograd.grad(GRPORMLoss()(logits, rewards), logits)
+    (general,) = torch.autograd.grad(GRPORMLoss()(logits, rewards, correct=correct), logits)
     loss, _, fused_rewards = fused_accuracy_uniformity_loss(logits, correct, 1.0, uniformity)
     (fused,) = torch.autograd.grad(loss, logits)
     assert torch.allclose(fused_rewards, rewards)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ from lightly_grpo.data import (
     make_loader,
     simclr_transform,
 )
+from lightly_grpo.losses import GRPORMPolicyLoss
+from lightly_grpo.output_sets import ClassPrototypes
+from lightly_grpo.rewards import AccuracyReward, UniformityReward
 from lightly_grpo.stage import GRPORMStage, split_batch
 
 
@@ -142,8 +146,10 @@ def test_lightly_multiview_batches_and_checkpoint_round_trip(tmp_path: Path) -> 
 def test_bad_batches_and_arguments_raise() -> None:
     with pytest.raises(ValueError, match="empty batch"):
         split_batch((torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))
-    with pytest.raises(ValueError, match="expected a batch"):
+    with pytest.raises(ValueError, match="this batch has no labels"):
         split_batch(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="expected a batch"):
+        split_batch({"images": torch.zeros(2, 1, 8, 8)})
     with pytest.raises(ValueError, match="batchnorm must be one of"):
         GRPORMStage(small_cnn(), 10, 32, batchnorm="sometimes")
     with pytest.raises(ValueError, match="inner_steps must be >= 1, got 0"):
@@ -152,3 +158,139 @@ def test_bad_batches_and_arguments_raise() -> None:
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\), got \[12\]"):
         stage.criterion(torch.randn(2, 32), torch.tensor([1, 12]))
     assert np.isfinite(float(stage.criterion(torch.randn(2, 32), torch.tensor([1, 2]))))
+
+
+# --------------------------------------------------------------------------- review defects
+def lightly_style_cnn() -> nn.Module:
+    """Ends in (B, C, 1, 1) like lightly's examples' ``Sequential(*resnet.children()[:-1])``."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    )
+
+
+def digit_loader(count: int = 128, batch_size: int = 64) -> Any:
+    return make_loader(
+        Subset(digits("train", eval_transform(16)), range(count)), batch_size, shuffle=False
+    )
+
+
+def test_recompute_batchnorm_on_a_frozen_stage_re_estimates_instead_of_resetting() -> None:
+    torch.manual_seed(0)
+    stage = GRPORMStage(small_cnn(), 10, 32)  # batchnorm="freeze", the default
+    stage.train()
+    images = next(iter(digit_loader(64, 64)))[0]
+    assert stage.recompute_batchnorm([images]) == 1
+    with torch.no_grad():
+        features = stage.backbone[0](images)  # the input of the first BatchNorm
+    bn = stage.backbone[1]
+    assert torch.allclose(bn.running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    expected_var = features.transpose(0, 1).reshape(16, -1).var(dim=1, unbiased=True)
+    assert torch.allclose(bn.running_var, expected_var, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(bn.running_var, torch.ones(16))  # not reset to N(0, 1)
+    assert stage.training and not bn.training  # modes restored: BN frozen again
+
+
+def test_reference_model_is_untouched_by_recompute_and_training(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    stage = GRPORMStage(small_cnn(), 10, 32, beta=0.1, inner_steps=2, lr_backbone=1e-2)
+    assert stage.reference is not None
+    before = {k: v.clone() for k, v in stage.reference.state_dict().items()}
+    loader = digit_loader()
+    stage.init_prototypes(loader)
+    fit = trainer(tmp_path, max_steps=2)
+    fit.fit(stage, loader)
+    stage.recompute_batchnorm(loader)
+    after = stage.reference.state_dict()
+    for key, value in before.items():  # weights and BN statistics, by value
+        assert torch.equal(after[key], value), key
+    assert not torch.equal(stage.backbone[0].weight, before["backbone.0.weight"])  # policy moved
+    path = tmp_path / "ref.ckpt"
+    fit.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    assert torch.equal(
+        saved["reference.backbone.1.running_mean"], before["backbone.1.running_mean"]
+    )
+
+
+def test_flatten_is_shared_by_policy_and_reference_for_4d_backbones(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    stage = GRPORMStage(lightly_style_cnn(), 10, 6, head=nn.Linear(8, 6), beta=0.5)
+    loader = digit_loader()
+    stage.init_prototypes(loader)
+    metrics = MetricCallback()
+    trainer(tmp_path, max_steps=2, callbacks=[metrics]).fit(stage, loader)
+    assert np.isfinite(metrics.train_metrics["train/kl_epoch"][-1])
+
+
+def test_inner_steps_sample_the_group_once_per_batch(tmp_path: Path) -> None:
+    seen: list[torch.Tensor | None] = []
+
+    class Recording(GRPORMPolicyLoss):
+        def forward_with_stats(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(args[4])
+            return super().forward_with_stats(*args, **kwargs)
+
+    pl.seed_everything(0)
+    criterion = Recording(ClassPrototypes(10, 32), group_size=3)
+    stage = GRPORMStage(small_cnn(), criterion=criterion, inner_steps=3)
+    trainer(tmp_path, max_steps=1).fit(stage, digit_loader(64, 64))
+    assert len(seen) == 3 and seen[0] is not None
+    assert all(torch.equal(seen[0], index) for index in seen[1:])
+
+
+def test_checkpoint_restores_the_reward_and_the_output_set(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    reward = AccuracyReward(2.0) + UniformityReward(0.5, form="similarity", clamp=False)
+    stage = GRPORMStage(small_cnn(), 10, 32, reward=reward, temperature=0.2, group_size=4)
+    fit = trainer(tmp_path, max_steps=1)
+    fit.fit(stage, digit_loader())
+    path = tmp_path / "stage.ckpt"
+    fit.save_checkpoint(path)
+    loaded = GRPORMStage.load_from_checkpoint(path, backbone=small_cnn())
+    assert loaded.criterion.reward == reward
+    assert loaded.criterion.temperature == 0.2 and loaded.criterion.group_size == 4
+    assert torch.equal(loaded.criterion.output_set.weight, stage.criterion.output_set.weight)
+
+
+def test_progress_bar_shows_what_tells_the_run_learns(tmp_path: Path) -> None:
+    stage = GRPORMStage(small_cnn(), 10, 32)
+    fit = trainer(tmp_path, max_steps=1)
+    fit.fit(stage, digit_loader(64, 64))
+    assert {"reward", "accuracy", "entropy"} <= set(fit.progress_bar_metrics)
+
+
+def test_parameter_groups_and_learning_rates() -> None:
+    stage = GRPORMStage(
+        small_cnn(),
+        10,
+        32,
+        lr_backbone=1e-4,
+        lr_prototypes=5e-3,
+        weight_decay=0.05,
+        lr_schedule="constant",
+    )
+    optimizer = stage.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+    assert ids["criterion"] == {id(stage.criterion.output_set.weight)}
+    assert groups["criterion"]["lr"] == 5e-3 and groups["criterion"]["weight_decay"] == 0.0
+    conv, bn = stage.backbone[0], stage.backbone[1]
+    assert id(conv.weight) in ids["backbone"] and groups["backbone"]["weight_decay"] == 0.05
+    assert {id(bn.weight), id(bn.bias), id(conv.bias)} <= ids["backbone_no_decay"]
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert groups["backbone"]["lr"] == groups["backbone_no_decay"]["lr"] == 1e-4
+    every = {id(p) for p in stage.parameters() if p.requires_grad}
+    assert set().union(*ids.values()) == every  # each trainable parameter in exactly one group
+    assert sum(len(v) for v in ids.values()) == len(every)
+
+
+def test_stage_given_a_criterion_and_bad_construction() -> None:
+    criterion = GRPORMPolicyLoss(ClassPrototypes(10, 32), temperature=0.3)
+    stage = GRPORMStage(small_cnn(), criterion=criterion)
+    assert stage.criterion is criterion and stage.requires_labels
+    with pytest.raises(ValueError, match="needs a criterion, or num_classes and embedding_size"):
+        GRPORMStage(small_cnn())
+    with pytest.raises(ValueError, match="criterion must be a GRPORMPolicyLoss"):
+        GRPORMStage(small_cnn(), criterion=nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ClassPrototypes needs class labels"):
+        criterion(torch.randn(2, 32), None)

@@ -1,8 +1,26 @@
-"""Predefined output sets: the candidate outputs a representation policy chooses among."""
+"""Predefined output sets: the candidate outputs a representation policy chooses among.
+
+See :mod:`lightly_grpo.output_sets.base` for the interface a new output set implements.
+"""
 
 from __future__ import annotations
 
-from lightly_grpo.output_sets.base import OutputGroup
+from lightly_grpo.output_sets.base import (
+    KeyedOutputSet,
+    OutputGroup,
+    OutputSet,
+    output_set_from_config,
+    register_output_set,
+    sample_group,
+)
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
 
-__all__ = ["ClassPrototypes", "OutputGroup"]
+__all__ = [
+    "ClassPrototypes",
+    "KeyedOutputSet",
+    "OutputGroup",
+    "OutputSet",
+    "output_set_from_config",
+    "register_output_set",
+    "sample_group",
+]

@@ -1,11 +1,30 @@
-"""What every output set hands to the loss: one group of candidate outputs per query."""
+"""The output-set interface: what a group of candidate outputs is for a batch of queries.
+
+GRPO-RM turns a deterministic embedding into a policy by scoring it against a *predefined output
+set* (``docs/method.md``). An output set decides, for every query of a batch, which candidates form
+its group, which of them are correct, and what else a reward may look at. Implementations:
+
+- :class:`~lightly_grpo.output_sets.ClassPrototypes` (labeled; one learnable key per class).
+- k-means prototypes and kNN neighbours (unlabeled / retrieval) build on the same interface:
+  ``group`` for a batch with or without labels, ``refresh`` from a bank of embeddings of the
+  training set (called by a refresh callback between epochs), and their state in ``state_dict``
+  (Lightning checkpoints save it with the model).
+
+A new output set subclasses :class:`OutputSet` (or :class:`KeyedOutputSet` when it is a fixed set of
+keys), implements ``group`` and, if it is rebuilt from the data, ``refresh``, and registers itself
+with :func:`register_output_set` so configs and checkpoints can name it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 @dataclass
@@ -16,11 +35,23 @@ class OutputGroup:
         similarities: Cosine similarities <z_b, k_{b,i}>, shape (B, G), with gradient.
         correct: Boolean mask of the correct outputs, shape (B, G).
         indices: Which output of the full set each column is, shape (B, G) (int64).
+        extras: Further per-output tensors (B, G) that rewards may read through
+            :meth:`~lightly_grpo.rewards.RewardInputs.extra` (e.g. a neighbour mask).
     """
 
     similarities: Tensor
     correct: Tensor
     indices: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def select(self, index: Tensor) -> OutputGroup:
+        """The sub-group given by ``index`` (B, G') into the columns of this group."""
+        return OutputGroup(
+            similarities=self.similarities.gather(1, index),
+            correct=self.correct.gather(1, index),
+            indices=self.indices.gather(1, index),
+            extras={name: t.gather(1, index) for name, t in self.extras.items()},
+        )
 
 
 def sample_group(
@@ -29,7 +60,8 @@ def sample_group(
     """Samples ``group_size`` outputs per row without replacement from softmax(old_logits).
 
     Gumbel top-k gives a sample without replacement in one ``topk``; the correct outputs are always
-    kept (their keys get +inf) so the accuracy reward never vanishes from a group.
+    kept (their keys get +inf) so the accuracy reward never vanishes from a group. The policy, the
+    ratio, pi_old inside the rewards and the KL are then all renormalised over the sampled group.
 
     Args:
         old_logits: Old-policy logits over the whole output set, shape (B, N), no gradient.
@@ -39,6 +71,13 @@ def sample_group(
 
     Returns:
         Indices of shape (B, G) into the output set.
+
+    Examples:
+        >>> logits = torch.tensor([[0.0, 5.0, -5.0, 0.0]])
+        >>> correct = torch.tensor([[False, False, False, True]])
+        >>> index = sample_group(logits, correct, 2, torch.Generator().manual_seed(0))
+        >>> 3 in index.tolist()[0]
+        True
     """
     num_outputs = old_logits.shape[1]
     if not 1 <= group_size <= num_outputs:
@@ -49,3 +88,122 @@ def sample_group(
     gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
     keys = (old_logits + gumbel).masked_fill(correct, float("inf"))
     return keys.topk(group_size, dim=1).indices
+
+
+class OutputSet(nn.Module, ABC):
+    """Base class of the predefined output sets.
+
+    Attributes:
+        requires_labels: Whether :meth:`group` needs class labels (labeled modes).
+        refreshable: Whether :meth:`refresh` rebuilds the set from a bank of embeddings.
+    """
+
+    requires_labels: ClassVar[bool] = False
+    refreshable: ClassVar[bool] = False
+    type_name: ClassVar[str] = ""
+
+    @property
+    @abstractmethod
+    def num_outputs(self) -> int:
+        """Size of the whole output set (the largest possible group)."""
+
+    @abstractmethod
+    def group(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+        """The group of candidate outputs of every query.
+
+        Args:
+            embeddings: Query embeddings (B, D), with gradient (normalised inside).
+            labels: Class labels (B,) when the output set uses them, else None.
+        """
+
+    def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
+        """Similarities (B, G) of reference-model embeddings to the same candidates as ``group``.
+
+        Used for the KL to the frozen pretrained policy; sets whose reference keys differ from the
+        current keys (learned prototypes) override it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support a reference KL (beta > 0)")
+
+    def snapshot_reference(self) -> None:
+        """Records the current keys as the reference policy's keys (called once, before training)."""
+
+    def refresh(self, bank: Tensor, labels: Tensor | None = None) -> None:
+        """Rebuilds the output set from embeddings of the training set (between epochs).
+
+        Args:
+            bank: L2-normalised embeddings (N, D) of the training items, in dataset order.
+            labels: Their labels (N,) when known.
+        """
+        if self.refreshable:
+            raise NotImplementedError(f"{type(self).__name__} must implement refresh")
+
+    def initialize(self, embeddings: Tensor, labels: Tensor | None = None) -> None:
+        """Sets the output set up from embeddings of the pretrained model (default: refresh)."""
+        self.refresh(embeddings, labels)
+
+    @torch.no_grad()
+    def predict(self, embeddings: Tensor) -> Tensor:
+        """The index of each query's most probable output over the whole set, shape (B,)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed outputs to predict")
+
+    def config(self) -> dict[str, Any]:
+        """A plain dict that :func:`output_set_from_config` turns into an equal (untrained) set."""
+        if not self.type_name:
+            raise ValueError(f"{type(self).__name__} is not registered with @register_output_set")
+        return {"type": self.type_name, **self.params()}
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments of this output set."""
+        return {}
+
+
+class KeyedOutputSet(OutputSet):
+    """An output set given by N unit keys: the group of a query is (a sample of) every key."""
+
+    @abstractmethod
+    def keys(self) -> Tensor:
+        """The unit-norm keys, shape (N, D)."""
+
+    @abstractmethod
+    def correct_mask(self, labels: Tensor | None, batch_size: int) -> Tensor:
+        """Boolean (B, N) mask of each query's correct outputs."""
+
+    def similarities(self, embeddings: Tensor, keys: Tensor | None = None) -> Tensor:
+        """Cosine similarity of each (normalised) embedding to every key, shape (B, N)."""
+        keys = self.keys() if keys is None else keys
+        return F.normalize(embeddings, dim=1) @ keys.t()
+
+    def group(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+        sims = self.similarities(embeddings)
+        indices = torch.arange(self.num_outputs, device=sims.device).expand_as(sims)
+        correct = self.correct_mask(labels, sims.shape[0]).to(sims.device)
+        return OutputGroup(similarities=sims, correct=correct, indices=indices)
+
+    @torch.no_grad()
+    def predict(self, embeddings: Tensor) -> Tensor:
+        return self.similarities(embeddings).argmax(dim=1)
+
+
+_OUTPUT_SETS: dict[str, type[OutputSet]] = {}
+_O = TypeVar("_O", bound="type[OutputSet]")
+
+
+def register_output_set(name: str) -> Callable[[_O], _O]:
+    """Class decorator: lets :func:`output_set_from_config` build the set from ``{"type": name}``."""
+
+    def decorate(cls: _O) -> _O:
+        _OUTPUT_SETS[name] = cls
+        cls.type_name = name
+        return cls
+
+    return decorate
+
+
+def output_set_from_config(config: dict[str, Any]) -> OutputSet:
+    """Builds an (untrained) output set from :meth:`OutputSet.config`."""
+    if not isinstance(config, dict) or config.get("type") not in _OUTPUT_SETS:
+        raise ValueError(
+            f"unknown output set config {config!r}; known types: {sorted(_OUTPUT_SETS)}"
+        )
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    return _OUTPUT_SETS[config["type"]](**kwargs)

@@ -3,92 +3,40 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightly_grpo.output_sets.base import OutputGroup
+from lightly_grpo.embedding import class_means
+from lightly_grpo.output_sets.base import KeyedOutputSet, OutputGroup, register_output_set
+from lightly_grpo.validation import (
+    check_embedding_shape,
+    check_embeddings,
+    check_labeled_batch,
+    check_labels,
+)
+
+# Old names of the validation helpers, kept importable from here.
+check_batch = check_labeled_batch
+__all__ = [
+    "ClassPrototypes",
+    "check_batch",
+    "check_embedding_shape",
+    "check_embeddings",
+    "check_labels",
+]
 
 
-def check_labels(labels: Tensor, num_classes: int, batch_size: int | None = None) -> None:
-    """Raises ValueError when labels are not integers in [0, num_classes) or have the wrong size."""
-    if labels.dim() != 1:
-        raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
-    if batch_size is not None and labels.shape[0] != batch_size:
-        raise ValueError(f"got {labels.shape[0]} labels for a batch of {batch_size} embeddings")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got {bad[:5].tolist()} "
-            f"({bad.numel()} out of range)"
-        )
-
-
-def check_batch(
-    embeddings: Tensor, labels: Tensor, num_classes: int, keys: Tensor | None = None
-) -> None:
-    """Validates a labeled batch with a single host synchronisation (cheap on a GPU).
-
-    Shapes and dtypes are checked on the host; NaN/inf in the embeddings or keys and labels
-    outside [0, num_classes) are folded into one flag, and only when it is set are the detailed
-    checks run to name the offending values.
-    """
-    check_embedding_shape(embeddings, None)
-    if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
-        check_labels(labels, num_classes, embeddings.shape[0])
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    sums = [embeddings.detach().sum().float()]
-    if keys is not None:
-        sums.append(keys.detach().sum().float())
-    flags = torch.stack(
-        [
-            ~torch.isfinite(torch.stack(sums)).all(),
-            (labels.min() < 0) | (labels.max() >= num_classes),
-        ]
-    )
-    if bool(flags.any()):
-        check_embeddings(embeddings)
-        if keys is not None and not bool(torch.isfinite(keys).all()):
-            raise ValueError(
-                f"the prototypes contain NaN or inf values (shape {tuple(keys.shape)}): "
-                "the previous optimizer step diverged"
-            )
-        check_labels(labels, num_classes, embeddings.shape[0])
-
-
-def check_embedding_shape(embeddings: Tensor, embedding_size: int | None = None) -> None:
-    """Raises ValueError for a non-2-D, empty or wrongly sized embedding batch (no sync)."""
-    if embeddings.dim() != 2:
-        raise ValueError(
-            f"embeddings must have shape (batch_size, dim), got {tuple(embeddings.shape)}"
-        )
-    if embeddings.shape[0] == 0:
-        raise ValueError(f"empty batch: embeddings have shape {tuple(embeddings.shape)}")
-    if embedding_size is not None and embeddings.shape[1] != embedding_size:
-        raise ValueError(
-            f"embeddings have dimension {embeddings.shape[1]}, expected {embedding_size}"
-        )
-
-
-def check_embeddings(embeddings: Tensor, embedding_size: int | None = None) -> None:
-    """Raises ValueError for a non-2-D, empty, wrongly sized or non-finite embedding batch."""
-    check_embedding_shape(embeddings, embedding_size)
-    if not bool(torch.isfinite(embeddings).all()):
-        bad = int((~torch.isfinite(embeddings)).sum())
-        raise ValueError(
-            f"embeddings contain {bad} NaN or inf value(s) (shape {tuple(embeddings.shape)})"
-        )
-
-
-class ClassPrototypes(nn.Module):
+@register_output_set("class_prototypes")
+class ClassPrototypes(KeyedOutputSet):
     """One learnable unit vector per class; the correct output of a query is its true class.
 
     The keys are ``normalize(weight)``, so the policy logits ``<z, k> / tau`` stay within
     ``[-1/tau, 1/tau]``: bounded logits are what keep the accuracy objective from diverging.
+    With a reference KL (``beta > 0``) the reference policy scores the reference model's
+    embeddings against the keys recorded by :meth:`snapshot_reference` (the initial prototypes).
 
     Args:
         num_classes: Number of classes (size of the output set).
@@ -102,6 +50,8 @@ class ClassPrototypes(nn.Module):
         torch.Size([4, 10])
     """
 
+    requires_labels = True
+
     def __init__(self, num_classes: int, embedding_size: int) -> None:
         super().__init__()
         if num_classes < 2:
@@ -111,25 +61,45 @@ class ClassPrototypes(nn.Module):
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.weight = nn.Parameter(F.normalize(torch.randn(num_classes, embedding_size), dim=1))
+        self.reference_keys: Tensor
+        self.register_buffer("reference_keys", self.weight.detach().clone())
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    def params(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "embedding_size": self.embedding_size}
 
     def keys(self) -> Tensor:
         """The unit-norm keys, shape (num_classes, embedding_size)."""
         return F.normalize(self.weight, dim=1)
 
-    def similarities(self, embeddings: Tensor) -> Tensor:
-        """Cosine similarity of each (normalised) embedding to every key, shape (B, C)."""
-        return F.normalize(embeddings, dim=1) @ self.keys().t()
+    def correct_mask(self, labels: Tensor | None, batch_size: int) -> Tensor:
+        if labels is None:
+            raise ValueError(
+                "ClassPrototypes needs class labels: batches must be (images, labels, ...); "
+                "for unlabeled data use an unlabeled output set"
+            )
+        mask = torch.zeros(batch_size, self.num_classes, dtype=torch.bool, device=labels.device)
+        return mask.scatter_(1, labels.long().unsqueeze(1), True)
 
-    def group(self, embeddings: Tensor, labels: Tensor) -> OutputGroup:
-        """The whole output set as the group of every query."""
-        sims = self.similarities(embeddings)
-        correct = torch.zeros_like(sims, dtype=torch.bool).scatter_(1, labels.unsqueeze(1), True)
-        indices = torch.arange(self.num_classes, device=sims.device).expand_as(sims)
-        return OutputGroup(similarities=sims, correct=correct, indices=indices)
+    def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
+        sims = self.similarities(embeddings, keys=self.reference_keys)
+        return sims.gather(1, group.indices)
+
+    @torch.no_grad()
+    def snapshot_reference(self) -> None:
+        self.reference_keys.copy_(self.keys())
+
+    def initialize(self, embeddings: Tensor, labels: Tensor | None = None) -> None:
+        if labels is None:
+            raise ValueError("ClassPrototypes.initialize needs the labels of the embeddings")
+        self.init_from_embeddings(embeddings, labels)
 
     @torch.no_grad()
     def init_from_embeddings(self, embeddings: Tensor, labels: Tensor) -> None:
-        """Sets every key to the normalised mean embedding of its class.
+        """Sets every key to the normalised mean of its class's L2-normalised embeddings.
 
         Classes absent from ``labels`` keep their random key (with a warning).
 
@@ -139,20 +109,12 @@ class ClassPrototypes(nn.Module):
         """
         check_embeddings(embeddings, self.embedding_size)
         check_labels(labels, self.num_classes, embeddings.shape[0])
-        normed = F.normalize(embeddings.float(), dim=1).to(self.weight.device)
-        labels = labels.to(self.weight.device)
-        sums = torch.zeros_like(self.weight).index_add_(0, labels, normed.to(self.weight.dtype))
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        present = counts > 0
+        keys, present = class_means(embeddings, labels, self.num_classes)
         if not bool(present.all()):
             missing = torch.nonzero(~present).flatten().tolist()
             warnings.warn(
                 f"classes {missing[:10]} have no embeddings; their prototypes stay random",
                 stacklevel=2,
             )
-        self.weight[present] = F.normalize(sums[present], dim=1)
-
-    @torch.no_grad()
-    def predict(self, embeddings: Tensor) -> Tensor:
-        """The policy's argmax class for each embedding, shape (B,)."""
-        return self.similarities(embeddings).argmax(dim=1)
+        present = present.to(self.weight.device)
+        self.weight[present] = keys.to(self.weight)[present]
