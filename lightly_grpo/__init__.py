@@ -1,22 +1,45 @@
-"""lightly-grpo: GRPO-RM post-training for backbones pretrained with lightly."""
+"""lightly-grpo: GRPO-RM post-training for backbones pretrained with lightly.
+
+The method is defined in ``docs/method.md``; the layout and where new parts go in
+``docs/architecture.md``.
+"""
 
 from __future__ import annotations
 
 from lightly_grpo.backbones import build_backbone, export_backbone, load_backbone
-from lightly_grpo.classification_loss import GRPORMClassificationLoss
-from lightly_grpo.loss import GRPORMLoss, fused_accuracy_uniformity_loss, group_advantages
-from lightly_grpo.output_sets import ClassPrototypes
+from lightly_grpo.baselines import CrossEntropyBaseline, MetricLossBaseline
+from lightly_grpo.callbacks import RetrievalEvaluationCallback
+from lightly_grpo.evaluation import RetrievalEvaluator, RetrievalResult, make_knn_func
+from lightly_grpo.index import knn_search, spherical_kmeans
+from lightly_grpo.losses import (
+    GRPORMClassificationLoss,
+    GRPORMLoss,
+    GRPORMPolicyLoss,
+    fused_accuracy_uniformity_loss,
+    group_advantages,
+)
+from lightly_grpo.output_sets import ClassPrototypes, OutputGroup, OutputSet
+from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.rewards import AccuracyReward, Reward, RewardInputs, UniformityReward
 from lightly_grpo.stage import GRPORMStage
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AccuracyReward",
     "ClassPrototypes",
+    "CrossEntropyBaseline",
     "GRPORMClassificationLoss",
     "GRPORMLoss",
+    "GRPORMPolicyLoss",
     "GRPORMStage",
+    "MetricLossBaseline",
+    "OutputGroup",
+    "OutputSet",
+    "PostTrainingModule",
+    "RetrievalEvaluationCallback",
+    "RetrievalEvaluator",
+    "RetrievalResult",
     "Reward",
     "RewardInputs",
     "UniformityReward",
@@ -24,5 +47,8 @@ __all__ = [
     "export_backbone",
     "fused_accuracy_uniformity_loss",
     "group_advantages",
+    "knn_search",
     "load_backbone",
+    "make_knn_func",
+    "spherical_kmeans",
 ]

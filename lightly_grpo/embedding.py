@@ -169,7 +169,8 @@ def class_means(embeddings: Tensor, labels: Tensor, num_classes: int) -> tuple[T
         ``(keys (num_classes, D), present (num_classes,) bool)``; absent classes have a zero key.
 
     Examples:
-        >>> keys, present = class_means(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), 2)
+        >>> embeddings = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+        >>> keys, present = class_means(embeddings, torch.tensor([0, 0]), num_classes=2)
         >>> keys[0].tolist(), present.tolist()
         ([0.7071067690849304, 0.7071067690849304], [True, False])
     """

@@ -153,13 +153,20 @@ class PostTrainingModule(pl.LightningModule):
             self._enforce_batchnorm_policy()
         return self
 
+    def on_train_start(self) -> None:
+        # Lightning keeps the modes modules had before fit (a model put in eval mode to measure
+        # it first would train in eval mode): start in training mode under the BN policy.
+        self.train()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Lightning keeps whatever mode each submodule is in (it calls no model.train() at fit
         # start and restores per-module modes after validation), so enforce the BN policy here.
         self._enforce_batchnorm_policy()
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, images: Tensor, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, images: Tensor, labels: Tensor | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The objective on one batch: ``(loss, detached statistics to log)``."""
         raise NotImplementedError
 
@@ -213,10 +220,18 @@ class PostTrainingModule(pl.LightningModule):
         decay, no_decay = get_weight_decay_parameters([self.backbone, self.head])
         groups = [
             {"name": "backbone", "params": decay, "lr": self.lr_backbone},
-            {"name": "backbone_no_decay", "params": no_decay, "lr": self.lr_backbone,
-             "weight_decay": 0.0},
-            {"name": "criterion", "params": list(self.criterion.parameters()),
-             "lr": self.lr_criterion, "weight_decay": 0.0},
+            {
+                "name": "backbone_no_decay",
+                "params": no_decay,
+                "lr": self.lr_backbone,
+                "weight_decay": 0.0,
+            },
+            {
+                "name": "criterion",
+                "params": list(self.criterion.parameters()),
+                "lr": self.lr_criterion,
+                "weight_decay": 0.0,
+            },
         ]
         return [g for g in groups if g["params"]]
 

@@ -56,7 +56,7 @@ _R = TypeVar("_R", bound="type[Reward]")
 
 
 def register_reward(name: str) -> Callable[[_R], _R]:
-    """Class decorator: lets :func:`reward_from_config` rebuild the reward from ``{"type": name}``."""
+    """Class decorator: :func:`reward_from_config` rebuilds the reward from ``{"type": name}``."""
 
     def decorate(cls: _R) -> _R:
         _REWARDS[name] = cls
@@ -96,7 +96,7 @@ class Reward(ABC):
         return SumReward([self, other])
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.params() == other.params()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(self)))

@@ -156,7 +156,8 @@ class GRPORMStage(PostTrainingModule):
         )
         self.criterion: GRPORMPolicyLoss = criterion
         self.inner_steps = inner_steps
-        self.save_hyperparameters(ignore=["backbone", "head", "reward", "criterion", *_CRITERION_ARGS])
+        ignored = ["backbone", "head", "reward", "criterion", *_CRITERION_ARGS]
+        self.save_hyperparameters(ignore=ignored)
         # The criterion's config carries the output set and the reward: a loaded checkpoint
         # rebuilds exactly the objective it was trained with.
         self.hparams["criterion"] = criterion.config()

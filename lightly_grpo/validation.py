@@ -26,7 +26,7 @@ def check_finite(named: dict[str, Tensor | None], hint: str = "") -> None:
         >>> check_finite({"logits": torch.tensor([[0.0, float("nan")]])})
         Traceback (most recent call last):
         ...
-        ValueError: logits contains NaN or inf: 1 value(s) in 1 row(s), first at row 0 (shape (1, 2))
+        ValueError: logits contains NaN or inf: 1 value(s) in 1 row(s), first at row 0 ...
     """
     present = {name: t for name, t in named.items() if t is not None and t.numel() > 0}
     if not present:

@@ -144,9 +144,17 @@ def test_all_equal_rewards_give_zero_gradient_and_no_nan() -> None:
         (torch.randn(4, 5), torch.randn(4, 6), r"rewards must have the shape of logits \(4, 5\)"),
         (torch.randn(4, 5, 2), torch.randn(4, 5, 2), r"got \(4, 5, 2\)"),
         (torch.randn(0, 5), torch.randn(0, 5), r"empty batch"),
-        (torch.tensor([[1.0, float("nan")]]), torch.zeros(1, 2), r"logits contains NaN or inf: 1 value"),
-        (torch.tensor([[1.0, float("inf")]]), torch.zeros(1, 2), r"logits contains NaN or inf: 1 value"),
-        (torch.zeros(1, 2), torch.tensor([[float("nan"), 0.0]]), r"rewards contains NaN or inf: 1 value"),
+        (
+            torch.tensor([[1.0, float("nan")]]),
+            torch.zeros(1, 2),
+            r"logits contains NaN or inf: 1 val",
+        ),
+        (
+            torch.tensor([[1.0, float("inf")]]),
+            torch.zeros(1, 2),
+            r"logits contains NaN or inf: 1 val",
+        ),
+        (torch.zeros(1, 2), torch.tensor([[float("nan"), 0.0]]), r"rewards contains NaN or inf: 1"),
     ],
 )
 def test_bad_input_raises(logits: torch.Tensor, rewards: torch.Tensor, match: str) -> None:

@@ -5,9 +5,9 @@ and the keys of a predefined output set. Given per-output rewards, the loss is G
 group-relative surrogate with an optional exact KL term against a reference policy.
 
 The forward and backward passes are written as one ``torch.autograd.Function`` with the closed-form
-gradient (with rho = 1 the gradient on the logits is (pi * sum(A) - A) / (B * G), which is -A / (B * G)
-when the advantages sum to zero), which makes the loss about as cheap as cross-entropy instead of the
-~5x that a chain of autograd ops costs.
+gradient (with rho = 1 the gradient on the logits is (pi * sum(A) - A) / (B * G), which is
+-A / (B * G) when the advantages sum to zero), which makes the loss about as cheap as cross-entropy
+instead of the ~5x that a chain of autograd ops costs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def cap_wrong_advantages(advantages: Tensor, correct: Tensor) -> Tensor:
     """``min(A, 0)`` for every output that is not correct; correct outputs keep their advantage.
 
     Examples:
-        >>> cap_wrong_advantages(torch.tensor([[1.0, 0.5, -1.5]]), torch.tensor([[True, False, False]]))
+        >>> correct = torch.tensor([[True, False, False]])
+        >>> cap_wrong_advantages(torch.tensor([[1.0, 0.5, -1.5]]), correct)
         tensor([[ 1.0000,  0.0000, -1.5000]])
     """
     if correct.shape != advantages.shape or correct.dtype != torch.bool:

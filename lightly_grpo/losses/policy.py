@@ -134,7 +134,7 @@ class GRPORMPolicyLoss(nn.Module):
     def sample_group_index(
         self, old_logits: Tensor, embeddings: Tensor, labels: Tensor | None = None
     ) -> Tensor | None:
-        """Indices (B, G) of a sampled group from old logits over the whole set (None: no sampling)."""
+        """Indices (B, G) of a group sampled from old logits over the whole set (None: none)."""
         if self.group_size is None or self.group_size >= old_logits.shape[1]:
             return None
         correct = self.output_set.group(embeddings.detach(), labels).correct

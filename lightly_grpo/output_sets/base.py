@@ -122,10 +122,11 @@ class OutputSet(nn.Module, ABC):
         Used for the KL to the frozen pretrained policy; sets whose reference keys differ from the
         current keys (learned prototypes) override it.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not support a reference KL (beta > 0)")
+        name = type(self).__name__
+        raise NotImplementedError(f"{name} does not support a reference KL (beta > 0)")
 
     def snapshot_reference(self) -> None:
-        """Records the current keys as the reference policy's keys (called once, before training)."""
+        """Records the current keys as the reference policy's keys (once, before training)."""
 
     def refresh(self, bank: Tensor, labels: Tensor | None = None) -> None:
         """Rebuilds the output set from embeddings of the training set (between epochs).
@@ -189,7 +190,7 @@ _O = TypeVar("_O", bound="type[OutputSet]")
 
 
 def register_output_set(name: str) -> Callable[[_O], _O]:
-    """Class decorator: lets :func:`output_set_from_config` build the set from ``{"type": name}``."""
+    """Class decorator: :func:`output_set_from_config` builds the set from ``{"type": name}``."""
 
     def decorate(cls: _O) -> _O:
         _OUTPUT_SETS[name] = cls

@@ -1,0 +1,60 @@
+"""Baselines train on the same post-training base as GRPO-RM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_metric_learning.losses import ProxyAnchorLoss, SupConLoss
+from torch import nn
+
+from lightly_grpo.baselines import CrossEntropyBaseline, MetricLossBaseline
+from lightly_grpo.stage import GRPORMStage
+from tests.test_stage import digit_loader, small_cnn, trainer
+
+
+@pytest.mark.parametrize("classifier", ["linear", "prototypes"])
+def test_cross_entropy_baseline_learns_and_predicts(tmp_path: Path, classifier: str) -> None:
+    pl.seed_everything(0)
+    model = CrossEntropyBaseline(
+        small_cnn(),
+        10,
+        32,
+        classifier=classifier,
+        lr_backbone=1e-2,
+        lr_criterion=1e-2,
+        batchnorm="train",
+    )
+    loader = digit_loader(512, 64)
+    images, labels = next(iter(loader))
+    model.eval()
+    before = float((model.predict_classes(images) == labels).float().mean())
+    trainer(tmp_path, epochs=4).fit(model, loader)
+    model.eval()
+    accuracy = float((model.predict_classes(images) == labels).float().mean())
+    assert accuracy > max(0.35, before + 0.2), (before, accuracy)
+
+
+def test_baselines_share_the_parameter_groups_of_the_grpo_stage() -> None:
+    kwargs = {"lr_backbone": 2e-4, "weight_decay": 0.03, "lr_schedule": "constant"}
+    stage = GRPORMStage(small_cnn(), 10, 32, lr_prototypes=4e-3, **kwargs)
+    proxy = MetricLossBaseline(small_cnn(), ProxyAnchorLoss(10, 32), lr_criterion=4e-3, **kwargs)
+    grpo_groups = stage.configure_optimizers().param_groups
+    proxy_groups = proxy.configure_optimizers().param_groups
+    summary = [
+        [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
+        for groups in (grpo_groups, proxy_groups)
+    ]
+    assert summary[0] == summary[1]  # same groups, same settings: only the objective differs
+
+
+def test_metric_loss_baseline_steps_with_supcon(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = MetricLossBaseline(small_cnn(), SupConLoss(temperature=0.1), batchnorm="train")
+    before = model.backbone[0].weight.detach().clone()
+    trainer(tmp_path, max_steps=2).fit(model, digit_loader(128, 64))
+    assert not torch.equal(before, model.backbone[0].weight)
+    with pytest.raises(ValueError, match="classifier must be one of"):
+        CrossEntropyBaseline(nn.Identity(), 10, 32, classifier="mlp")
