@@ -3,17 +3,20 @@
 Usage:
     python recipes/check_report.py RUN_DIR/report.html [--screenshot out.png]
 
-The report written by :func:`lightly_grpo.report.write_report` carries a tiny inline script that,
-on page load, stores on ``<body>`` how many images decoded (``data-images-ok``), how many there are
-(``data-images-total``) and how many stick out of the window (``data-images-overflow``). This
-script reads those attributes from the DOM Chromium dumps, and also checks that the screenshot is
-not blank. Exit status: 0 when everything rendered, 1 when a check failed, 2 when Chromium is
+The report itself carries no script. This checker writes a probe copy of it into a temporary
+folder: the same HTML plus a ``<base>`` that points at the run folder (so the relative figure
+paths resolve as before) and a tiny script that, on page load, stores on ``<body>`` how many
+images decoded (``data-images-ok``), how many there are (``data-images-total``) and how many
+stick out of the window (``data-images-overflow``). It reads those attributes from the DOM that
+Chromium dumps for the probe, then screenshots the report itself and checks that the screenshot
+is not blank. Exit status: 0 when everything rendered, 1 when a check failed, 2 when Chromium is
 missing or the report cannot be opened.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import re
 import shutil
 import subprocess
@@ -37,6 +40,20 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--hide-scrollbars",
 )
+
+
+# Injected into the probe copy: counts the images that decoded and those wider than the window.
+IMAGE_CHECK_JS = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var width = document.documentElement.clientWidth;
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var wide = imgs.filter(function (i) { return i.getBoundingClientRect().right > width + 1; });
+  document.body.dataset.imagesOk = ok.length;
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesOverflow = wide.length;
+});
+"""
 
 
 class CheckError(Exception):
@@ -88,8 +105,22 @@ def run_chromium(chromium: str, args: list[str], url: str, timeout: float) -> st
     return done.stdout
 
 
+def probe_page(report: Path) -> str:
+    """The report's HTML with a ``<base>`` at its folder and :data:`IMAGE_CHECK_JS` added.
+
+    Both go right after ``<head>`` so that the base applies to every relative link after it.
+    """
+    text = report.read_text(encoding="utf-8")
+    head = re.search(r"<head\b[^>]*>", text, flags=re.IGNORECASE)
+    if head is None:
+        raise CheckError(f"{report} has no <head>; is it a report written by write_report?")
+    base = html.escape(report.resolve().parent.as_uri() + "/", quote=True)
+    probe = f'<base href="{base}"><script>{IMAGE_CHECK_JS}</script>'
+    return text[: head.end()] + probe + text[head.end() :]
+
+
 def dom_image_counts(dom: str) -> dict[str, int]:
-    """Reads the ``data-images-*`` attributes the report's inline script set on <body>."""
+    """Reads the ``data-images-*`` attributes the probe's script set on <body>."""
     body = re.search(r"<body\b[^>]*>", dom)
     if body is None:
         raise CheckError("chromium's DOM dump has no <body>; the page did not load")
@@ -99,8 +130,8 @@ def dom_image_counts(dom: str) -> dict[str, int]:
     }
     if "ok" not in counts or "total" not in counts:
         raise CheckError(
-            "the page's image check did not run (no data-images-ok/total on <body>); was the "
-            "report written by lightly_grpo.report.write_report, and did the load event fire?"
+            "the probe's image check did not run (no data-images-ok/total on <body>); did the "
+            "page's load event fire within the virtual time budget?"
         )
     return counts
 
@@ -123,8 +154,11 @@ def check_report(
     if missing:
         raise CheckError(f"{len(missing)} of {total} image file(s) are missing: {missing}")
     chromium = find_chromium()
-    url = report.resolve().as_uri()
-    dom = run_chromium(chromium, ["--virtual-time-budget=5000", "--dump-dom"], url, timeout)
+    with tempfile.TemporaryDirectory(prefix="check-report-probe-") as folder:
+        probe = Path(folder) / "probe.html"
+        probe.write_text(probe_page(report), encoding="utf-8")
+        args = ["--virtual-time-budget=5000", f"--window-size={window}", "--dump-dom"]
+        dom = run_chromium(chromium, args, probe.as_uri(), timeout)
     counts = dom_image_counts(dom)
     if counts["total"] != total:
         raise CheckError(f"the browser saw {counts['total']} images, the HTML has {total}")
@@ -133,6 +167,7 @@ def check_report(
     if counts.get("overflow", 0):
         raise CheckError(f"{counts['overflow']} image(s) stick out of a {window} window")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
+    url = report.resolve().as_uri()
     run_chromium(chromium, [f"--screenshot={screenshot}", f"--window-size={window}"], url, timeout)
     width, height, colours = screenshot_stats(screenshot)
     if colours < 16:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -15,8 +16,11 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from lightly_grpo import report
+from lightly_grpo.evaluation import KNN_PROTOCOLS
+from lightly_grpo.evaluation import metrics as metric_registry
+from lightly_grpo.evaluation.metrics import MetricSpec, metric_spec, registered_metrics
 from lightly_grpo.report import (
+    higher_is_better,
     metric_display_name,
     plot_embedding_map,
     plot_per_class,
@@ -25,6 +29,9 @@ from lightly_grpo.report import (
     summary_sentence,
     write_report,
 )
+from lightly_grpo.report.figures import curve_series, subsample
+from lightly_grpo.report.figures._common import HIT_COLOR, MISS_COLOR, QUERY_COLOR
+from lightly_grpo.report.sections import LOSS_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = REPO / "recipes" / "check_report.py"
@@ -197,6 +204,8 @@ def test_write_report_files_and_links(
     assert len(pngs) == 2 + 2 * n_models
     text = html_path.read_text(encoding="utf-8")
     assert sorted(set(_img_sources(text))) == pngs
+    # the product page carries no script; the browser check injects its own probe
+    assert "<script" not in text.lower()
     md = (run_dir / "report.md").read_text(encoding="utf-8")
     assert sorted(set(re.findall(r"\]\((figures/[^)]+)\)", md))) == pngs
     for png in pngs:
@@ -264,6 +273,41 @@ def test_metric_display_names() -> None:
     assert metric_display_name("my_metric") == "my_metric"
 
 
+def test_knn_display_names_follow_the_evaluator_protocols(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for protocol, (k, temperature) in KNN_PROTOCOLS.items():
+        assert f"(k={k}, T={temperature:g})" in metric_display_name(f"knn_top1_{protocol}")
+    # a protocol added to the evaluator is named without touching the report
+    monkeypatch.setitem(KNN_PROTOCOLS, "tiny", (5, 0.5))
+    assert metric_display_name("knn_top5_tiny") == "kNN top-5 (k=5, T=0.5)"
+    assert metric_display_name("knn_top1_unknown") == "kNN top-1 (unknown)"
+
+
+def test_names_and_directions_come_from_the_metric_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [*registered_metrics(), "recall_at_8", "knn_top5_dino", "knn_top1_k7_t0.5"]:
+        spec = metric_spec(name)
+        assert spec is not None
+        assert metric_display_name(name) == spec.display_name
+        assert higher_is_better(name) == spec.higher_is_better
+    # the registry wins over the report's own name rules ("error" would mean lower is better)
+    spec = MetricSpec("error_free_share", "Error-free share", True, "clusters", lambda _: 1.0)
+    monkeypatch.setitem(metric_registry._REGISTRY, spec.name, spec)
+    assert metric_display_name("error_free_share") == "Error-free share"
+    assert higher_is_better("error_free_share")
+    metrics = {"a": {"error_free_share": 0.5}, "b": {"error_free_share": 0.75}}
+    assert summary_sentence(metrics).startswith("b is best on Error-free share 0.7500")
+
+
+def test_higher_is_better_directions() -> None:
+    for name in ("precision_at_1", "knn_top1_dino", "nmi", "train/reward", "policy_accuracy"):
+        assert higher_is_better(name), name
+    for name in ("train/loss", "train_loss", "error_rate", "seconds_per_epoch", "peak_memory_mb"):
+        assert not higher_is_better(name), name
+
+
 def test_summary_names_the_winner(digits_run: dict[str, Any]) -> None:
     text = summary_sentence(digits_run["metrics"])
     assert text.startswith("GRPO-RM is best on")
@@ -295,14 +339,34 @@ def test_training_curves_panels_and_bad_rows(tmp_path: Path) -> None:
         for e in range(5)
     ]
     _assert_real_png(plot_training_curves(rows, tmp_path / "c.png"))
-    assert list(report._curve_series(rows + [{"epoch": 5, "val/reward": 0.3}])) == [
+    assert list(curve_series(rows + [{"epoch": 5, "val/reward": 0.3}])) == [
         "reward",
         "loss",
     ]
+    grpo_keys = [{"epoch": 1, "train/kl": 0.1, "train/entropy": 2.0, "train/loss": 0.0}]
+    assert list(curve_series(grpo_keys + rows)) == ["reward", "loss", "entropy", "kl"]
     with pytest.raises(ValueError, match="no 'epoch'"):
         plot_training_curves([{"train/reward": 1.0}], tmp_path / "c.png")
     with pytest.raises(ValueError, match="empty"):
         plot_training_curves([], tmp_path / "c.png")
+
+
+def test_loss_note_under_training_curves(two_model_report: Path, tmp_path: Path) -> None:
+    note = html.escape(LOSS_NOTE)
+    caption = re.search(
+        r'training_curves\.png"[^>]*></a><figcaption>(.*?)</figcaption>',
+        two_model_report.read_text(encoding="utf-8"),
+    )
+    assert caption is not None and note in caption.group(1)
+    md = (two_model_report.parent / "report.md").read_text(encoding="utf-8")
+    assert LOSS_NOTE in md.split("## Training curves")[1].split("##")[0]
+    # without a logged loss there is nothing to explain
+    rows = [{"epoch": e, "train/reward": 0.1 * e} for e in range(3)]
+    text = write_report(tmp_path, title="t", metrics={"a": {"x": 1.0}}, history=rows).read_text(
+        encoding="utf-8"
+    )
+    assert "training_curves.png" in text and note not in text
+    assert LOSS_NOTE not in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_embedding_map_subsamples_and_checks(tmp_path: Path) -> None:
@@ -320,8 +384,8 @@ def test_embedding_map_subsamples_and_checks(tmp_path: Path) -> None:
     _assert_real_png(path)
     tsne = plot_embedding_map(emb[:120], labels[:120], tmp_path / "t.png", method="tsne")
     _assert_real_png(tsne)
-    sub, sub_labels = report._subsample(emb, labels, 500, seed=1)
-    again, _ = report._subsample(emb, labels, 500, seed=1)
+    sub, sub_labels = subsample(emb, labels, 500, seed=1)
+    again, _ = subsample(emb, labels, 500, seed=1)
     assert sub.shape == (500, 16) and sub_labels.shape == (500,) and np.array_equal(sub, again)
     with pytest.raises(ValueError, match="shape"):
         plot_embedding_map(emb, labels[:10], tmp_path / "m.png")
@@ -351,7 +415,7 @@ def test_retrieval_grid_colours_hits_and_misses(tmp_path: Path) -> None:
         rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)]) / 255
         return bool((np.abs(pixels - rgb).max(axis=-1) < 0.02).sum() > 50)
 
-    assert has(report._HIT_COLOR) and has(report._MISS_COLOR) and has(report._QUERY_COLOR)
+    assert has(HIT_COLOR) and has(MISS_COLOR) and has(QUERY_COLOR)
     with pytest.raises(ValueError, match="result_images"):
         plot_retrieval_grid(images, labels, results[:, :, :4], np.zeros((3, 2)), tmp_path / "g.png")
     colour = np.repeat(images[..., None], 3, axis=-1)
@@ -414,6 +478,7 @@ def test_check_script_without_chromium(tmp_path: Path) -> None:
 def test_report_renders_in_chromium(tmp_path: Path, two_model_report: Path) -> None:
     shutil.copytree(two_model_report.parent, tmp_path / "run")
     html_path = tmp_path / "run" / "report.html"
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     shot = tmp_path / "shot.png"
     done = subprocess.run(
         [sys.executable, str(CHECK_SCRIPT), str(html_path), "--screenshot", str(shot)],
@@ -424,6 +489,9 @@ def test_report_renders_in_chromium(tmp_path: Path, two_model_report: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "OK: 6/6 images rendered" in done.stdout
     _assert_real_png(shot, min_side=1000)
+    # the check's probe page lives elsewhere: the run folder is left exactly as it was
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
     # a broken image makes the check fail with a clear message
     (html_path.parent / "figures" / "training_curves.png").write_bytes(b"not a png")
     done = subprocess.run(
