@@ -1,10 +1,12 @@
 """Build, load and export backbones.
 
-A backbone maps images (B, C, H, W) to features (B, D). Backbones come from a lightly
-recipe's Lightning checkpoint (the module names it ``self.backbone``, so its weights sit
-under ``state_dict["backbone.*"]``), from a plain ``state_dict`` file, or from an
-``nn.Module`` such as a torchvision model. ``export_backbone`` writes the backbone-only
-``state_dict`` that every other part of the project reads.
+A backbone maps images (B, C, H, W) to features (B, D) (or (B, D, 1, 1), which every user
+flattens). Backbones come from a lightly recipe's Lightning checkpoint (the module names it
+``self.backbone``, so its weights sit under ``state_dict["backbone.*"]``), from a plain
+``state_dict`` file, or from an ``nn.Module`` such as a torchvision model. Architecture names
+(:data:`KNOWN_ARCHITECTURES`) say which module a checkpoint's weights go into; the command line
+passes ``--architecture`` straight to :func:`load_backbone`. ``export_backbone`` writes the
+backbone-only ``state_dict`` that every other part of the project reads.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "backbone."
-KNOWN_ARCHITECTURES = ("resnet18_small", "resnet18_small_cifar", "torchvision:<name>")
+KNOWN_ARCHITECTURES = (
+    "resnet18_small",
+    "resnet18_small_cifar",
+    "torchvision:<name>",
+    "lightly:<torchvision resnet name>",
+)
+# torchvision families whose children are stem, stages, avgpool, fc: lightly's examples keep
+# all but the last child in an nn.Sequential.
+_RESNET_FAMILIES = ("resnet", "resnext", "wide_resnet")
 # Classifier attribute names of torchvision classification models, most common first.
 _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 # Harmless non-tensor types that Lightning checkpoints can hold (e.g. a Path saved by
@@ -40,7 +50,7 @@ _MAX_LISTED_KEYS = 10
 # --------------------------------------------------------------------------- build
 
 
-def resnet18_small(in_channels: int = 1, stem: str = "imagenet") -> nn.Module:
+def resnet18_small(in_channels: int = 1, stem: str = "imagenet") -> torchvision.models.ResNet:
     """A torchvision ResNet-18 (random init) for small images, returning (B, 512) features.
 
     Args:
@@ -165,15 +175,68 @@ def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     )
 
 
+def _torchvision_model(name: str, architecture: str, **kwargs: Any) -> nn.Module:
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        raise ValueError(
+            f"Unknown torchvision classification model {name!r} in {architecture!r}; "
+            f"available: {', '.join(available)}"
+        )
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def lightly_resnet(name: str = "resnet18", in_channels: int = 3, **kwargs: Any) -> nn.Sequential:
+    """The backbone of lightly's examples: a torchvision ResNet without its ``fc``, as Sequential.
+
+    lightly's examples build ``nn.Sequential(*list(torchvision.models.resnet18().children())[:-1])``
+    and keep it as ``self.backbone``, so their checkpoints hold ``backbone.0.weight`` (the first
+    convolution), ``backbone.1.*`` (its BatchNorm), ... The output is (B, D, 1, 1).
+
+    Args:
+        name: A torchvision ResNet, ResNeXt or Wide ResNet (e.g. ``"resnet50"``).
+        in_channels: Channels of the input images; the first convolution is rebuilt with the
+            same geometry when this is not 3.
+        **kwargs: Passed to ``torchvision.models.get_model``.
+
+    Raises:
+        ValueError: If ``name`` is not a torchvision ResNet-family model.
+
+    Examples:
+        >>> backbone = lightly_resnet("resnet18", in_channels=1)
+        >>> backbone(torch.zeros(2, 1, 32, 32)).shape
+        torch.Size([2, 512, 1, 1])
+        >>> next(iter(backbone.state_dict()))
+        '0.weight'
+    """
+    if not name.startswith(_RESNET_FAMILIES):
+        resnets = [
+            n
+            for n in torchvision.models.list_models(module=torchvision.models)
+            if n.startswith(_RESNET_FAMILIES)
+        ]
+        raise ValueError(
+            f"'lightly:{name}' needs a torchvision ResNet-family model; available: "
+            f"{', '.join(resnets)}"
+        )
+    model = _torchvision_model(name, f"lightly:{name}", **kwargs)
+    if in_channels != 3:
+        _adapt_first_conv(model, in_channels)
+    return nn.Sequential(*list(model.children())[:-1])
+
+
 def build_backbone(
     architecture: str = "resnet18_small", in_channels: int = 1, **kwargs: Any
 ) -> nn.Module:
-    """Builds a randomly initialised backbone that returns (B, D) features.
+    """Builds a randomly initialised backbone that returns (B, D) or (B, D, 1, 1) features.
 
     Args:
-        architecture: ``"resnet18_small"`` (7x7 stem), ``"resnet18_small_cifar"`` (3x3 stem),
-            or ``"torchvision:<name>"`` for any torchvision classification model (e.g.
-            ``"torchvision:resnet50"``), whose classifier is replaced by ``nn.Identity``.
+        architecture: One of :data:`KNOWN_ARCHITECTURES`:
+
+            - ``"resnet18_small"`` (7x7 stem) or ``"resnet18_small_cifar"`` (3x3 stem);
+            - ``"torchvision:<name>"`` for any torchvision classification model (e.g.
+              ``"torchvision:resnet50"``), whose classifier is replaced by ``nn.Identity``;
+            - ``"lightly:<name>"`` for the ``nn.Sequential`` ResNet of lightly's examples
+              (e.g. ``"lightly:resnet18"``), see :func:`lightly_resnet`.
         in_channels: Channels of the input images; torchvision models get their first
             convolution rebuilt when this is not 3.
         **kwargs: Passed to ``resnet18_small`` or ``torchvision.models.get_model``.
@@ -184,20 +247,18 @@ def build_backbone(
     Examples:
         >>> build_backbone("torchvision:resnet34", in_channels=1)(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 512])
+        >>> build_backbone("lightly:resnet18", in_channels=3)(torch.zeros(1, 3, 64, 64)).shape
+        torch.Size([1, 512, 1, 1])
     """
     if architecture == "resnet18_small":
         return resnet18_small(in_channels, **kwargs)
     if architecture == "resnet18_small_cifar":
         return resnet18_small(in_channels, stem="cifar", **kwargs)
-    if architecture.startswith("torchvision:"):
-        name = architecture.split(":", 1)[1]
-        available = torchvision.models.list_models(module=torchvision.models)
-        if name not in available:
-            raise ValueError(
-                f"Unknown torchvision classification model {name!r} in {architecture!r}; "
-                f"available: {', '.join(available)}"
-            )
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    source, _, name = architecture.partition(":")
+    if source == "lightly" and name:
+        return lightly_resnet(name, in_channels, **kwargs)
+    if source == "torchvision" and name:
+        model = _torchvision_model(name, architecture, **kwargs)
         strip_classifier(model)
         if in_channels != 3:
             _adapt_first_conv(model, in_channels)
@@ -312,7 +373,10 @@ def load_backbone(
             - an ``nn.Module``, returned (in eval mode) with a torchvision model's
               classifier replaced by ``nn.Identity`` when ``strip_head`` is True; it is
               modified in place.
-        architecture: Name for ``build_backbone`` or a module to load the weights into.
+        architecture: A name for :func:`build_backbone` (one of :data:`KNOWN_ARCHITECTURES`;
+            ``"lightly:resnet18"`` for a checkpoint of lightly's examples, whose backbone is
+            ``nn.Sequential(*resnet18().children()[:-1])``) or a module to load the weights
+            into.
         in_channels: Input channels of the built architecture.
         prefix: Key prefix of the backbone weights (e.g. ``"teacher_backbone."``). By
             default keys under ``backbone.`` are taken if there are any, else all keys.
@@ -332,7 +396,8 @@ def load_backbone(
             message names the checkpoint and lists the offending keys.
 
     Examples:
-        >>> backbone = load_backbone("lightning_logs/simclr/last.ckpt", "resnet18_small")
+        >>> backbone = load_backbone("runs/simclr/simclr.ckpt", "resnet18_small")  # doctest: +SKIP
+        >>> backbone = load_backbone("ex.ckpt", "lightly:resnet18", in_channels=3)  # doctest: +SKIP
         >>> backbone = load_backbone(torchvision.models.resnet50(weights=None))
     """
     if isinstance(source, nn.Module):
@@ -404,8 +469,12 @@ def export_backbone(
         The path written.
 
     Examples:
-        >>> path = export_backbone(resnet18_small(), "out/backbone.pt")
-        >>> backbone = load_backbone(path, "resnet18_small")
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = export_backbone(resnet18_small(), Path(tmp) / "backbone.pt")
+        ...     backbone = load_backbone(path, "resnet18_small")
+        >>> backbone.training
+        False
     """
     if isinstance(backbone, nn.Module):
         state_dict: Mapping[str, Tensor] = backbone.state_dict()
@@ -427,6 +496,7 @@ __all__ = [
     "build_backbone",
     "export_backbone",
     "extract_backbone_state_dict",
+    "lightly_resnet",
     "load_backbone",
     "resnet18_small",
     "strip_classifier",

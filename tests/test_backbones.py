@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torchvision
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.transforms import SimCLRTransform
 from torch import Tensor, nn
 
 from lightly_grpo.backbones import (
@@ -17,6 +22,8 @@ from lightly_grpo.backbones import (
     resnet18_small,
     strip_classifier,
 )
+from lightly_grpo.data import ArrayImageDataset, load_digits_split
+from tests.lightning_fit import fit_steps
 
 
 def _randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -67,7 +74,7 @@ def test_backbone_output_dim_keeps_mode_and_bn_stats() -> None:
 def test_build_backbone_variants() -> None:
     cifar = build_backbone("resnet18_small_cifar")
     assert isinstance(cifar.maxpool, nn.Identity)
-    tv = build_backbone("torchvision:resnet34", in_channels=1)
+    tv: Any = build_backbone("torchvision:resnet34", in_channels=1)
     assert isinstance(tv.fc, nn.Identity) and tv.conv1.in_channels == 1
     assert _features(tv, torch.zeros(2, 1, 64, 64)).shape == (2, 512)
     # A non-ResNet family: the first conv is adapted and the last Linear dropped.
@@ -163,10 +170,10 @@ def test_smaller_checkpoint_lists_missing_keys(tmp_path: Path) -> None:
 
 
 def test_non_strict_load_skips_mismatches(tmp_path: Path) -> None:
-    source = _randomize_bn(torchvision.models.resnet34(weights=None))
+    source: Any = _randomize_bn(torchvision.models.resnet34(weights=None))
     path = tmp_path / "r34.pth"
     torch.save(source.state_dict(), path)
-    loaded = load_backbone(path, "resnet18_small", strict=False)
+    loaded: Any = load_backbone(path, "resnet18_small", strict=False)
     torch.testing.assert_close(loaded.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     assert loaded.conv1.weight.shape == (64, 1, 7, 7)
 
@@ -200,7 +207,7 @@ def test_torchvision_module_passed_directly(images: Tensor) -> None:
 
 
 def test_strip_classifier_keeps_pooling_of_sequential_heads() -> None:
-    model = strip_classifier(torchvision.models.convnext_tiny(weights=None))
+    model: Any = strip_classifier(torchvision.models.convnext_tiny(weights=None))
     assert isinstance(model.classifier[-1], nn.Identity)
     assert isinstance(model.classifier[0], nn.Module) and len(model.classifier) == 3
     with pytest.raises(ValueError, match="Sequential"):
@@ -231,16 +238,7 @@ def test_real_lightning_checkpoint(tmp_path: Path, images: Tensor) -> None:
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(4, 1, 32, 32)), batch_size=2
     )
-    trainer = pl.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, loader)
+    trainer = fit_steps(module, loader, tmp_path, steps=1)
     path = tmp_path / "simclr.ckpt"
     trainer.save_checkpoint(path)
 
@@ -252,3 +250,86 @@ def test_real_lightning_checkpoint(tmp_path: Path, images: Tensor) -> None:
     torch.testing.assert_close(
         _features(load_backbone(exported), images), _features(module.backbone, images)
     )
+
+
+# --------------------------------------------------------------------------- lightly's examples
+
+
+def test_lightly_architecture_names_build_the_sequential_layout() -> None:
+    model = build_backbone("lightly:resnet18", in_channels=1)
+    reference = nn.Sequential(*list(torchvision.models.resnet18().children())[:-1])
+    # Same keys and shapes as lightly's example backbone, but for the 1-channel first conv.
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert shapes.keys() == expected.keys()
+    assert shapes.pop("0.weight") == (64, 1, 7, 7) and expected.pop("0.weight") == (64, 3, 7, 7)
+    assert shapes == expected
+    assert backbone_output_dim(model, (1, 32, 32)) == 512
+    assert backbone_output_dim(build_backbone("lightly:resnet50", 3), (3, 32, 32)) == 2048
+    with pytest.raises(ValueError, match="resnet18") as info:
+        build_backbone("lightly:vgg11")
+    assert "wide_resnet50_2" in str(info.value)
+    with pytest.raises(ValueError, match="lightly:<torchvision resnet name>"):
+        build_backbone("lightly:")
+    with pytest.raises(ValueError, match="lightly:<torchvision resnet name>"):
+        build_backbone("timm:resnet18")
+
+
+class _LightlyExampleSimCLR(pl.LightningModule):
+    """lightly's SimCLR example module (examples/pytorch_lightning/simclr.py), verbatim but for
+    an optional 1-channel first convolution."""
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        resnet = torchvision.models.resnet18()
+        if in_channels != 3:
+            resnet.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.backbone = nn.Sequential(*list(resnet.children())[:-1])
+        self.projection_head = SimCLRProjectionHead(512, 2048, 2048)
+        self.criterion = NTXentLoss()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.backbone(x).flatten(start_dim=1)
+        return self.projection_head(x)
+
+    def training_step(self, batch: Any, batch_index: int) -> Tensor:
+        (x0, x1) = batch[0]
+        z0 = self.forward(x0)
+        z1 = self.forward(x1)
+        return self.criterion(z0, z1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.06)
+
+
+@pytest.mark.parametrize("in_channels", [3, 1])
+def test_lightly_example_checkpoint_loads_by_name(tmp_path: Path, in_channels: int) -> None:
+    pl.seed_everything(0)
+    images, labels = load_digits_split("train")
+    if in_channels == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)  # RGB, as lightly's example expects
+        transform = SimCLRTransform(input_size=16, gaussian_blur=0.0)
+    else:
+        transform = SimCLRTransform(
+            input_size=16,
+            gaussian_blur=0.0,
+            random_gray_scale=0.0,
+            normalize={"mean": [0.5], "std": [0.25]},
+        )
+    # Few, small images: the CPU cost of two ResNet-18 steps stays around a second.
+    dataset = ArrayImageDataset(images[:8], labels[:8], transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=True, drop_last=True)
+    module = _LightlyExampleSimCLR(in_channels)
+    initial = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    trainer = fit_steps(module, loader, tmp_path, steps=2)
+    path = tmp_path / "lightly_simclr.ckpt"
+    trainer.save_checkpoint(path)
+    batchnorm: Any = module.backbone[1]
+    assert not torch.equal(initial["1.running_mean"], batchnorm.running_mean)
+
+    loaded = load_backbone(path, "lightly:resnet18", in_channels=in_channels)
+    x = torch.randn(4, in_channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_features(loaded, x), _features(module.backbone, x))
+    # The in_channels must match the checkpoint: the error names the first convolution.
+    with pytest.raises(ValueError, match=rf"0\.weight: checkpoint \(64, {in_channels}, 7, 7\)"):
+        load_backbone(path, "lightly:resnet18", in_channels=4 - in_channels)

@@ -1,12 +1,9 @@
-"""Datasets, lightly transforms and data loaders for GRPO-RM post-training.
+"""Offline image datasets: Fashion-MNIST IDX files, scikit-learn digits, image folders.
 
 Real data that works offline: Debian's ``dataset-fashion-mnist`` (gz IDX files) and
 scikit-learn's ``load_digits`` (inside the wheel). Any image directory laid out for
-``torchvision.datasets.ImageFolder`` works too.
-
-Items follow lightly's batch format: a transform that returns a list of views (such as
-``lightly.transforms.SimCLRTransform``) makes each item ``(list[Tensor], int)``, which the
-default collate function turns into ``(list[Tensor of shape (B, C, H, W)], Tensor of shape (B,))``.
+``torchvision.datasets.ImageFolder`` works too. :func:`resolve_dataset` turns a name or a
+directory into one of them.
 """
 
 from __future__ import annotations
@@ -18,17 +15,12 @@ import os
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from lightly.transforms import SimCLRTransform
-from lightly.transforms.multi_view_transform import MultiViewTransform
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms as T
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 logger = logging.getLogger(__name__)
@@ -47,10 +39,8 @@ FASHION_MNIST_CLASSES: list[str] = [
     "Ankle boot",
 ]
 DIGITS_CLASSES: list[str] = [str(i) for i in range(10)]
-
-#: One-channel mean/std of the Fashion-MNIST training images, in the format lightly's
-#: transforms take for ``normalize=``.
-GRAYSCALE_NORMALIZE: dict[str, list[float]] = {"mean": [0.2860], "std": [0.3530]}
+#: The names :func:`resolve_dataset` knows besides a directory.
+DATASET_NAMES = ("default", "fashion-mnist", "digits")
 
 _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -89,8 +79,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             number, or a size that does not match the header).
 
     Examples:
-        >>> images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")
-        >>> images.shape
+        >>> images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")  # doctest: +SKIP
+        >>> images.shape  # doctest: +SKIP
         (10000, 28, 28)
     """
     path = Path(path)
@@ -149,8 +139,8 @@ def load_fashion_mnist(
         FileNotFoundError: If a file is missing.
 
     Examples:
-        >>> images, labels = load_fashion_mnist(split="test")
-        >>> images.shape, labels.shape
+        >>> images, labels = load_fashion_mnist(split="test")  # doctest: +SKIP
+        >>> images.shape, labels.shape  # doctest: +SKIP
         ((10000, 28, 28), (10000,))
     """
     _check_split(split)
@@ -222,10 +212,10 @@ class ArrayImageDataset(Dataset[tuple[Any, int]]):
 
     Examples:
         >>> images, labels = load_digits_split("train")
-        >>> dataset = ArrayImageDataset(images, labels, transform=simclr_transform())
-        >>> views, label = dataset[0]
-        >>> len(views), views[0].shape
-        (2, torch.Size([1, 32, 32]))
+        >>> dataset = ArrayImageDataset(images, labels)
+        >>> image, label = dataset[0]
+        >>> image.mode, image.size, label == int(labels[0])
+        ('L', (8, 8), True)
     """
 
     def __init__(
@@ -292,7 +282,7 @@ def load_image_folder(
         ValueError: If it has no class subfolders or no images.
 
     Examples:
-        >>> dataset = load_image_folder("my_images/", transform=eval_transform(64, 3))
+        >>> dataset = load_image_folder("my_images/")  # doctest: +SKIP
     """
     path = Path(path)
     if not path.is_dir():
@@ -344,7 +334,10 @@ def resolve_dataset(
         FileNotFoundError: If ``name`` is neither a known dataset nor an existing directory.
 
     Examples:
-        >>> train = resolve_dataset("default", "train", transform=simclr_transform())
+        >>> train = resolve_dataset("digits", "train")
+        >>> test = resolve_dataset("digits", "test")
+        >>> len(train) + len(test), train.classes[:3]
+        (1797, ['0', '1', '2'])
     """
     _check_split(split)
     key = os.fspath(name)
@@ -367,8 +360,8 @@ def resolve_dataset(
     path = Path(key)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"Unknown dataset {key!r}: not one of 'default', 'fashion-mnist', 'digits' and "
-            f"not an existing directory"
+            f"Unknown dataset {key!r}: not one of {', '.join(map(repr, DATASET_NAMES))} and "
+            "not an existing directory"
         )
     if (path / "train").is_dir() and (path / "test").is_dir():
         path = path / split
@@ -379,319 +372,41 @@ def resolve_dataset(
     return load_image_folder(path, transform)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset choice that can be resolved per split (what the CLI and recipes carry).
-
-    Attributes:
-        name: See ``resolve_dataset``.
-        root: Directory of the Fashion-MNIST files, if not the Debian default.
-        seed: Seed of the digits train/test split.
-
-    Examples:
-        >>> spec = DatasetSpec("digits")
-        >>> len(spec.resolve("train")) + len(spec.resolve("test"))
-        1797
-    """
-
-    name: str = "default"
-    root: str | None = None
-    seed: int = 0
-
-    def resolve(
-        self, split: str, transform: Callable[[Image.Image], Any] | None = None
-    ) -> ArrayImageDataset | ImageFolder:
-        """Returns the dataset of ``split`` with ``transform`` applied to each item."""
-        return resolve_dataset(self.name, split, transform, root=self.root, seed=self.seed)
-
-
-# --------------------------------------------------------------------------- subsets
-
-
-def labeled_subset(
-    labels: np.ndarray | Sequence[int], fraction: float, seed: int = 0
-) -> np.ndarray:
-    """Picks a class-balanced, seeded share of the items (e.g. "10% of the labels").
-
-    Each class keeps ``max(1, round(fraction * class_size))`` items. For a fixed seed the
-    subsets are nested: a smaller fraction picks a subset of a larger one.
+def dataset_labels(dataset: Dataset[Any]) -> np.ndarray:
+    """The integer labels of every item, read without loading any image.
 
     Args:
-        labels: Integer labels, shape (N,).
-        fraction: Share of each class to keep, in (0, 1].
-        seed: Random seed.
+        dataset: An ``ArrayImageDataset`` (``labels``), an ``ImageFolder`` (``targets``), or
+            a ``Subset`` of either.
 
-    Returns:
-        Sorted int64 indices into ``labels``.
-
-    Examples:
-        >>> idx = labeled_subset([0, 0, 0, 0, 1, 1, 1, 1], fraction=0.5, seed=0)
-        >>> len(idx)
-        4
-    """
-    # Written so that NaN fails too.
-    if not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    labels_arr = np.asarray(labels)
-    if labels_arr.ndim != 1 or labels_arr.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {labels_arr.shape}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(labels_arr):
-        members = np.flatnonzero(labels_arr == label)
-        # The permutation does not depend on `fraction`, which makes subsets nested.
-        order = rng.permutation(len(members))
-        keep = max(1, round(fraction * len(members)))
-        chosen.append(members[order[:keep]])
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def random_subset(num_items: int, size: int | None, seed: int = 0) -> np.ndarray:
-    """Picks ``size`` distinct indices out of ``num_items`` (all of them if ``size`` is None).
-
-    Args:
-        num_items: Number of items to pick from.
-        size: Number of indices; None or ``>= num_items`` keeps all.
-        seed: Random seed.
-
-    Returns:
-        Sorted int64 indices.
+    Raises:
+        ValueError: If the dataset exposes neither ``labels`` nor ``targets``.
 
     Examples:
-        >>> random_subset(10, 3, seed=0).shape
-        (3,)
+        >>> dataset_labels(resolve_dataset("digits", "test")).shape
+        (360,)
     """
-    if num_items < 0:
-        raise ValueError(f"num_items must be >= 0, got {num_items}")
-    if size is not None and size < 0:
-        raise ValueError(f"size must be >= 0 or None, got {size}")
-    if size is None or size >= num_items:
-        return np.arange(num_items, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_items, size=size, replace=False)).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-class ToChannels:
-    """Converts a PIL image or a (C, H, W) tensor to ``num_channels`` channels (1 or 3).
-
-    Put first in a pipeline, it lets one transform serve grayscale arrays and RGB image
-    folders alike. Grayscale to RGB repeats the channel; RGB to grayscale uses ITU-R 601-2
-    luma weights (what PIL's ``convert("L")`` does).
-
-    Examples:
-        >>> ToChannels(1)(Image.new("RGB", (4, 4))).mode
-        'L'
-    """
-
-    def __init__(self, num_channels: int) -> None:
-        if num_channels not in (1, 3):
-            raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
-        self.num_channels = num_channels
-
-    def __call__(self, image: Any) -> Any:
-        if isinstance(image, Image.Image):
-            mode = "L" if self.num_channels == 1 else "RGB"
-            return image if image.mode == mode else image.convert(mode)
-        if isinstance(image, torch.Tensor):
-            channels = image.shape[-3]
-            if channels == self.num_channels:
-                return image
-            if channels == 1:
-                return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).clone()
-            if channels == 3:
-                weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype)
-                return (image * weights.view(3, 1, 1)).sum(dim=-3, keepdim=True)
-            raise ValueError(
-                f"Cannot convert a tensor with {channels} channels (shape {tuple(image.shape)})"
-            )
-        raise TypeError(f"Expected a PIL image or a tensor, got {type(image).__name__}")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_channels={self.num_channels})"
-
-
-def _normalize_for(in_channels: int) -> dict[str, list[float]]:
-    if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
-    return {key: values * in_channels for key, values in GRAYSCALE_NORMALIZE.items()}
-
-
-def simclr_transform(
-    input_size: int = 32, in_channels: int = 1, **overrides: Any
-) -> SimCLRTransform:
-    """Lightly's ``SimCLRTransform`` set up for small grayscale images.
-
-    Defaults differ from lightly's ImageNet ones: no Gaussian blur (it wipes out a
-    28x28 image), no hue jitter and no random grayscale (no color to change), color jitter
-    strength 0.5 (lightly's advice for small images), crops of at least 20% of the image,
-    and Fashion-MNIST normalization. A ``ToChannels`` step runs first so that RGB inputs
-    (an ``ImageFolder``) give ``in_channels`` channels as well.
-
-    Args:
-        input_size: Side of the output views in pixels.
-        in_channels: Channels of the output views, 1 or 3.
-        **overrides: Any other ``SimCLRTransform`` argument (e.g. ``cj_strength=1.0``).
-
-    Returns:
-        A transform mapping a PIL image to a list of two (in_channels, input_size,
-        input_size) tensors.
-
-    Examples:
-        >>> views = simclr_transform()(Image.new("L", (28, 28)))
-        >>> len(views), views[0].shape
-        (2, torch.Size([1, 32, 32]))
-    """
-    kwargs: dict[str, Any] = {
-        "input_size": input_size,
-        "cj_strength": 0.5,
-        "cj_hue": 0.0,
-        "min_scale": 0.2,
-        "random_gray_scale": 0.0 if in_channels == 1 else 0.2,
-        "gaussian_blur": 0.0,
-        "vf_prob": 0.0,
-        "normalize": _normalize_for(in_channels),
-    }
-    kwargs.update(overrides)
-    transform = SimCLRTransform(**kwargs)
-    _prepend_to_views(transform, ToChannels(in_channels))
-    return transform
-
-
-def _prepend_to_views(transform: MultiViewTransform, step: Callable[[Any], Any]) -> None:
-    # SimCLRTransform shares one view transform between its views; dedupe by id so the
-    # step is inserted once per distinct Compose.
-    seen: set[int] = set()
-    for view in transform.transforms:
-        compose = getattr(view, "transform", None)
-        steps = getattr(compose, "transforms", None)
-        if not isinstance(steps, list):
-            raise TypeError(f"Cannot insert {step!r} into view transform {view!r}")
-        if id(steps) not in seen:
-            seen.add(id(steps))
-            steps.insert(0, step)
-
-
-def eval_transform(input_size: int = 32, in_channels: int = 1) -> T.Compose:
-    """Deterministic transform for embedding and evaluation: resize, tensor, normalize.
-
-    Args:
-        input_size: Side of the output image in pixels.
-        in_channels: Channels of the output, 1 or 3.
-
-    Examples:
-        >>> eval_transform()(Image.new("L", (28, 28))).shape
-        torch.Size([1, 32, 32])
-    """
-    normalize = _normalize_for(in_channels)
-    return T.Compose(
-        [
-            ToChannels(in_channels),
-            T.Resize((input_size, input_size)),
-            T.ToTensor(),
-            T.Normalize(mean=normalize["mean"], std=normalize["std"]),
-        ]
-    )
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-def make_loader(
-    dataset: Dataset[Any],
-    batch_size: int,
-    *,
-    shuffle: bool,
-    num_workers: int = 0,
-    drop_last: bool = False,
-    seed: int = 0,
-) -> DataLoader[Any]:
-    """A ``torch.utils.data.DataLoader`` whose shuffling and worker seeds follow ``seed``.
-
-    Examples:
-        >>> dataset = resolve_dataset("digits", "train", eval_transform())
-        >>> loader = make_loader(dataset, batch_size=64, shuffle=True)
-        >>> images, labels = next(iter(loader))
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        generator=generator,
-        persistent_workers=num_workers > 0,
-    )
-
-
-# --------------------------------------------------------------------------- display
-
-
-def images_for_display(
-    dataset: Dataset[Any], indices: np.ndarray | Sequence[int], size: int = 64
-) -> np.ndarray:
-    """Returns the raw (untransformed) images at ``indices`` as a uint8 array.
-
-    Args:
-        dataset: An ``ArrayImageDataset``, an ``ImageFolder``, or a ``Subset`` of either.
-        indices: Item indices into ``dataset``.
-        size: Side to which ``ImageFolder`` images are resized (they can differ in size).
-
-    Returns:
-        (n, H, W) for a grayscale ``ArrayImageDataset``, else (n, H, W, 3).
-
-    Examples:
-        >>> dataset = resolve_dataset("digits", "test")
-        >>> images_for_display(dataset, [0, 1]).shape
-        (2, 8, 8)
-    """
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    n = len(dataset)  # type: ignore[arg-type]
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"indices must be in [0, {n}), got min {idx.min()} max {idx.max()}")
     if isinstance(dataset, Subset):
-        parent_idx = np.asarray(dataset.indices, dtype=np.int64)[idx]
-        return images_for_display(dataset.dataset, parent_idx, size)
-    if isinstance(dataset, ArrayImageDataset):
-        return dataset.images[idx].copy()
-    if isinstance(dataset, ImageFolder):
-        out = np.zeros((idx.size, size, size, 3), dtype=np.uint8)
-        for row, i in enumerate(idx):
-            with Image.open(dataset.samples[int(i)][0]) as image:
-                out[row] = np.asarray(image.convert("RGB").resize((size, size)))
-        return out
-    raise TypeError(
-        f"images_for_display supports ArrayImageDataset, ImageFolder and Subset, "
-        f"got {type(dataset).__name__}"
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for attr in ("labels", "targets"):
+        if hasattr(dataset, attr):
+            return np.asarray(getattr(dataset, attr), dtype=np.int64)
+    raise ValueError(
+        f"{type(dataset).__name__} has neither 'labels' nor 'targets'; cannot read its labels"
     )
 
 
 __all__ = [
+    "DATASET_NAMES",
     "DIGITS_CLASSES",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
-    "GRAYSCALE_NORMALIZE",
     "ArrayImageDataset",
-    "DatasetSpec",
-    "ToChannels",
+    "dataset_labels",
     "default_dataset_name",
-    "eval_transform",
-    "images_for_display",
-    "labeled_subset",
     "load_digits_split",
     "load_fashion_mnist",
     "load_image_folder",
-    "make_loader",
-    "random_subset",
     "read_idx",
     "resolve_dataset",
-    "simclr_transform",
 ]

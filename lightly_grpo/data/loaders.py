@@ -1,0 +1,101 @@
+"""Seeded data loaders, and the raw images of a dataset for display."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from lightly_grpo.data.datasets import ArrayImageDataset
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    seed: int = 0,
+) -> DataLoader[Any]:
+    """A ``torch.utils.data.DataLoader`` whose shuffling and worker seeds follow ``seed``.
+
+    Args:
+        dataset: Items in lightly's format, ``(image or list of views, label)``.
+        batch_size: Items per batch, >= 1.
+        shuffle: Reshuffle every epoch (in an order fixed by ``seed``).
+        num_workers: Loader processes; workers persist between epochs when > 0.
+        drop_last: Drop the last, smaller batch.
+        seed: Seed of the shuffling and of the workers' base seed.
+
+    Raises:
+        ValueError: For ``batch_size < 1`` or ``num_workers < 0``.
+
+    Examples:
+        >>> dataset = [(torch.zeros(1, 4, 4), i % 2) for i in range(10)]
+        >>> images, labels = next(iter(make_loader(dataset, batch_size=4, shuffle=True)))
+        >>> images.shape, labels.shape
+        (torch.Size([4, 1, 4, 4]), torch.Size([4]))
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def images_for_display(
+    dataset: Dataset[Any], indices: np.ndarray | Sequence[int], size: int = 64
+) -> np.ndarray:
+    """Returns the raw (untransformed) images at ``indices`` as a uint8 array.
+
+    Args:
+        dataset: An ``ArrayImageDataset``, an ``ImageFolder``, or a ``Subset`` of either.
+        indices: Item indices into ``dataset``.
+        size: Side to which ``ImageFolder`` images are resized (they can differ in size).
+
+    Returns:
+        (n, H, W) for a grayscale ``ArrayImageDataset``, else (n, H, W, 3).
+
+    Examples:
+        >>> dataset = ArrayImageDataset(np.zeros((3, 8, 8), dtype=np.uint8), [0, 1, 2])
+        >>> images_for_display(dataset, [0, 1]).shape
+        (2, 8, 8)
+    """
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    n = len(dataset)  # type: ignore[arg-type]
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"indices must be in [0, {n}), got min {idx.min()} max {idx.max()}")
+    if isinstance(dataset, Subset):
+        parent_idx = np.asarray(dataset.indices, dtype=np.int64)[idx]
+        return images_for_display(dataset.dataset, parent_idx, size)
+    if isinstance(dataset, ArrayImageDataset):
+        return dataset.images[idx].copy()
+    if isinstance(dataset, ImageFolder):
+        out = np.zeros((idx.size, size, size, 3), dtype=np.uint8)
+        for row, i in enumerate(idx):
+            with Image.open(dataset.samples[int(i)][0]) as image:
+                out[row] = np.asarray(image.convert("RGB").resize((size, size)))
+        return out
+    raise TypeError(
+        f"images_for_display supports ArrayImageDataset, ImageFolder and Subset, "
+        f"got {type(dataset).__name__}"
+    )
+
+
+__all__ = ["images_for_display", "make_loader"]
