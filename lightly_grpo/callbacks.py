@@ -6,22 +6,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
-from lightly_grpo.evaluation import RetrievalEvaluator
-
-
-def _images_and_labels(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(images, labels)`` of an ``(images, labels, ...)`` batch (first view of a view list)."""
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ValueError(
-            f"evaluation batches must be (images, labels, ...) tuples, got {type(batch).__name__}"
-        )
-    images, labels = batch[0], batch[1]
-    if isinstance(images, (tuple, list)):  # lightly's multi-view batches: (views, labels, ...).
-        images = images[0]
-    return images, torch.as_tensor(labels)
+from lightly_grpo.embedding import embed_loader, eval_mode
+from lightly_grpo.evaluation import RetrievalEvaluator, evaluate_against_bank
 
 
 class RetrievalEvaluationCallback(pl.Callback):
@@ -29,9 +17,10 @@ class RetrievalEvaluationCallback(pl.Callback):
 
     At the end of every ``every_n_epochs``-th training epoch (and at the start of training with
     ``on_start=True``, to log the baseline) the callback embeds both loaders with
-    ``pl_module.embed(images)`` in eval mode under ``no_grad`` (restoring the previous mode
-    afterwards), then computes kNN accuracy of the test items against the train items and
-    leave-one-out retrieval metrics within the test items, and logs them with
+    ``pl_module.embed(images)`` in eval mode under ``no_grad`` (restoring every submodule's
+    previous mode afterwards), then computes kNN accuracy of the test items against the train
+    items and leave-one-out retrieval metrics within the test items
+    (:func:`~lightly_grpo.evaluation.evaluate_against_bank`), and logs them with
     ``pl_module.log_dict`` under ``prefix``. Every evaluation is also kept in :attr:`history`.
 
     Each process embeds the full loaders (they are the callback's own, without a distributed
@@ -49,10 +38,13 @@ class RetrievalEvaluationCallback(pl.Callback):
         on_start: Also evaluate once when training starts (logged at epoch 0).
 
     Examples:
+        Needs loaders and a LightningModule that defines ``embed(images)``:
+
         >>> callback = RetrievalEvaluationCallback(train_loader, test_loader, every_n_epochs=5)
-        >>> trainer = pl.Trainer(max_epochs=20, callbacks=[callback])
-        >>> trainer.fit(model, train_dataloaders=loader)  # model defines embed(images)
-        >>> callback.history[-1]["val/mean_average_precision_at_r"]
+        ... # doctest: +SKIP
+        >>> trainer = pl.Trainer(max_epochs=20, callbacks=[callback])  # doctest: +SKIP
+        >>> trainer.fit(model, train_dataloaders=loader)  # doctest: +SKIP
+        >>> callback.history[-1]["val/mean_average_precision_at_r"]  # doctest: +SKIP
     """
 
     def __init__(
@@ -84,67 +76,33 @@ class RetrievalEvaluationCallback(pl.Callback):
         self.on_start = on_start
         self.history: list[dict[str, float]] = []
 
-    @torch.no_grad()
     def embed(self, pl_module: pl.LightningModule, loader: Iterable[Any]) -> tuple[Tensor, Tensor]:
-        """Embeds ``loader`` with ``pl_module.embed``; returns CPU float32 embeddings and labels."""
+        """Embeds ``loader`` with ``pl_module.embed`` in eval mode without gradients.
+
+        Returns:
+            L2-normalised CPU float32 embeddings (at most ``max_items``) and their labels.
+        """
         embed_fn: Callable[[Tensor], Tensor] | None = getattr(pl_module, "embed", None)
         if not callable(embed_fn):
             raise ValueError(
                 f"{type(pl_module).__name__} has no embed(images) method, which "
                 "RetrievalEvaluationCallback calls to get (B, D) embeddings"
             )
-        embeddings, labels = [], []
-        count = 0
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            for batch in loader:
-                images, batch_labels = _images_and_labels(batch)
-                out = embed_fn(images.to(pl_module.device))
-                embeddings.append(out.detach().float().cpu())
-                labels.append(batch_labels.cpu())
-                count += len(out)
-                if self.max_items is not None and count >= self.max_items:
-                    break
-        finally:
-            pl_module.train(was_training)
-        if not embeddings:
-            raise ValueError("an evaluation loader yielded no batches")
-        emb, lab = torch.cat(embeddings), torch.cat(labels)
-        if self.max_items is not None:
-            emb, lab = emb[: self.max_items], lab[: self.max_items]
-        return emb, lab
+        with eval_mode(pl_module):
+            embeddings, labels = embed_loader(
+                embed_fn, loader, device=pl_module.device, max_items=self.max_items
+            )
+        assert labels is not None  # embed_loader raises on unlabeled batches.
+        return embeddings, labels
 
     def evaluate(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """Embeds both loaders and returns the metrics (unprefixed keys)."""
         train_emb, train_labels = self.embed(pl_module, self.train_loader)
         test_emb, test_labels = self.embed(pl_module, self.test_loader)
-        ev = self.evaluator
-        metrics: dict[str, float] = {}
-        if ev.protocols:
-            knn = RetrievalEvaluator(
-                knn_protocols=ev.knn_protocols,
-                backend=ev.backend,
-                chunk_size=ev.chunk_size,
-                nmi=False,
-                per_class=False,
-                retrieval=False,
-            ).evaluate(test_emb, test_labels, train_emb, train_labels)
-            metrics.update(knn.metrics)
-        if ev.retrieval or ev.nmi:
-            retrieval = RetrievalEvaluator(
-                recall_at=ev.recall_at,
-                knn_protocols=(),
-                backend=ev.backend,
-                chunk_size=ev.chunk_size,
-                nmi=ev.nmi,
-                num_clusters=ev.num_clusters,
-                seed=ev.seed,
-                per_class=False,
-                retrieval=ev.retrieval,
-            ).evaluate(test_emb, test_labels)
-            metrics.update(retrieval.metrics)
-        return metrics
+        result = evaluate_against_bank(
+            test_emb, test_labels, train_emb, train_labels, self.evaluator.replace(per_class=False)
+        )
+        return result.metrics
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         metrics = {f"{self.prefix}{k}": v for k, v in self.evaluate(pl_module).items()}

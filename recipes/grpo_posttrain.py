@@ -8,9 +8,14 @@ policy accuracy).
     # CPU demo size
     python recipes/grpo_posttrain.py runs/simclr/simclr.ckpt --label-fraction 0.05 --epochs 6 \
         --eval-train-images 10000 --eval-test-images 2000
-    # the DESIGN.md anchor: 10% of the labels, full splits, GPU
+    # the reference setting of docs/method.md: 10% of the labels, full splits, GPU
     python recipes/grpo_posttrain.py runs/simclr/simclr.ckpt --label-fraction 0.1 --epochs 30 \
         --accelerator gpu --num-workers 12 --eval-train-images all --eval-test-images all
+    # rerun a finished run's settings, changing one
+    python recipes/grpo_posttrain.py --config runs/grpo/config.json --beta 0.01 --out runs/beta
+
+Every flag is a field of ``lightly_grpo.chains.PosttrainConfig`` (``--help`` lists them,
+``--print-config`` prints the resolved settings as JSON).
 """
 
 from __future__ import annotations

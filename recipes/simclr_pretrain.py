@@ -10,6 +10,9 @@ and ``<out>/backbone.pt``.
     # hours-long GPU run on all 60,000 Fashion-MNIST training images
     python recipes/simclr_pretrain.py --pretrain-epochs 200 --pretrain-images all \
         --pretrain-batch-size 512 --accelerator gpu --num-workers 12 --precision bf16-mixed
+
+Every flag is a field of ``lightly_grpo.chains.PretrainConfig``; ``--method`` picks a method of
+``lightly_grpo.pretrain`` (SimCLR by default), ``--config runs/simclr/config.json`` reruns a run.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightly_grpo.callbacks import RetrievalEvaluationCallback
-from lightly_grpo.evaluation import RetrievalEvaluator
+from lightly_grpo.evaluation import RetrievalEvaluator, evaluate_against_bank
 
 
 class TinyEmbedder(pl.LightningModule):
@@ -154,3 +154,20 @@ def test_callback_errors() -> None:
     bad = DataLoader(torch.randn(10, 8, 8))  # Images only, no labels.
     with pytest.raises(ValueError, match=r"\(images, labels, ...\)"):
         callback.embed(TinyEmbedder(), bad)
+
+
+def test_callback_metrics_are_evaluate_against_bank_on_its_embeddings() -> None:
+    images, labels = _digits()
+    train = DataLoader(TensorDataset(images[:1000], labels[:1000]), batch_size=200)
+    test = DataLoader(ViewsDataset(images[1000:1400], labels[1000:1400]), batch_size=100)
+    evaluator = RetrievalEvaluator(knn_protocols=("dino",), backend="torch", recall_at=(1, 4))
+    callback = RetrievalEvaluationCallback(train, test, evaluator=evaluator)
+    model = TinyEmbedder()
+    model.train()
+    metrics = callback.evaluate(model)
+    assert model.training  # Restored after embedding in eval mode.
+    test_emb, test_labels = callback.embed(model, test)
+    train_emb, train_labels = callback.embed(model, train)
+    expected = evaluate_against_bank(test_emb, test_labels, train_emb, train_labels, evaluator)
+    assert metrics == expected.metrics
+    assert list(metrics) == evaluator.metric_names()

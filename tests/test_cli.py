@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,13 +22,28 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_pretrain_writes_checkpoint_and_backbone(pretrained: Path) -> None:
+def _printed_config(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main([*argv, "--print-config"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_pretrain_writes_checkpoint_and_backbone(
+    pretrained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert (pretrained / "simclr.ckpt").is_file()
     assert (pretrained / "backbone.pt").is_file()
-    assert json.loads((pretrained / "config.json").read_text())["epochs"] == 1
+    saved = json.loads((pretrained / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["method"] == "simclr"
+    # the run's config.json is a --config file that reproduces the run
+    assert (
+        _printed_config(["pretrain", "--config", str(pretrained / "config.json")], capsys) == saved
+    )
 
 
-def test_posttrain_and_evaluate_write_reports(pretrained: Path, tmp_path: Path) -> None:
+def test_posttrain_and_evaluate_write_reports(
+    pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "grpo"
     args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, *SMALL_EVAL, "--out", str(out)]
     assert main([*args, "--epochs", "1", "--label-fraction", "0.2", "--batch-size", "64"]) == 0
@@ -38,6 +54,9 @@ def test_posttrain_and_evaluate_write_reports(pretrained: Path, tmp_path: Path) 
             assert 0.0 <= model[key] <= 1.0, key
         assert model["policy_accuracy"] > 0.1  # digits has 10 classes
     assert (out / "report.html").is_file() and (out / "grpo.ckpt").is_file()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved.pop("run")["labeled_images"] > 0  # facts of the run, skipped by --config
+    assert _printed_config(["posttrain", "--config", str(out / "config.json")], capsys) == saved
 
     compare = tmp_path / "eval"
     checkpoints = [str(pretrained / "simclr.ckpt"), str(out / "backbone.pt")]
@@ -48,6 +67,7 @@ def test_posttrain_and_evaluate_write_reports(pretrained: Path, tmp_path: Path) 
     # the same backbone evaluated twice on the same split gives the same numbers
     for key in ("knn_top1_dino", "mean_average_precision_at_r"):
         assert evaluated["grpo"][key] == pytest.approx(metrics["GRPO-RM"][key], abs=1e-6)
+    assert json.loads((compare / "config.json").read_text())["names"] == ["simclr", "grpo"]
 
 
 def test_bad_paths_give_clear_errors(tmp_path: Path) -> None:

@@ -1,3 +1,17 @@
+"""Tests of the evaluation package.
+
+Agreement tests (ours vs pytorch-metric-learning's ``AccuracyCalculator``, vs lightly's
+``knn_predict``, backend vs backend) run on embeddings whose dot products are exact in float32
+(:mod:`lightly_grpo.index.exact`). They used to run on random floats and failed on AMD EPYC (AVX2,
+no AVX-512) CI machines: MAP@R 0.40778157 vs 0.40778004. Random floats produce near-ties, pairs of
+items whose similarities to a query differ in the last bit; FAISS's and torch's GEMM kernels sum in
+different orders, so they round such a pair differently, rank it in a different order, and the
+metrics move in the 6th digit. Which pairs swap depends on the CPU's kernels, so the tests passed on
+Intel by luck. With exact arithmetic every backend computes the same bits, so the comparisons are
+exact (1e-12, far below the 1e-6 a single swap causes) while the data still has class structure,
+real exact ties and varied ranks.
+"""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +24,25 @@ import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.decomposition import PCA
+from torch import Tensor
 
 from lightly_grpo import index
 from lightly_grpo.data import load_fashion_mnist
 from lightly_grpo.evaluation import (
     KNN_PROTOCOLS,
+    RETRIEVAL_METRICS,
+    IndexKNN,
+    MetricSpec,
     RetrievalEvaluator,
     RetrievalResult,
+    evaluate_against_bank,
     knn_vote,
     make_knn_func,
+    metric_spec,
+    register_metric,
 )
+from lightly_grpo.evaluation.metrics import KNNChunk, RetrievalChunk
+from lightly_grpo.index.exact import clustered, exact_unit, has_near_ties
 
 needs_faiss = pytest.mark.skipif(index.faiss is None, reason="FAISS is not installed")
 
@@ -38,20 +61,17 @@ CPU_BACKENDS = [b for b in ("faiss", "tiled", "torch") if b in index.available_b
 def _clustered(
     n: int, d: int, classes: int, noise: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, d, generator=g)
-    labels = torch.randint(0, classes, (n,), generator=g)
-    x = centres[labels] + noise * torch.randn(n, d, generator=g)
-    return F.normalize(x, dim=1), labels
+    """Exact unit embeddings around random class centres (see the module docstring)."""
+    return clustered(n, d, classes, noise, seed)
 
 
 @pytest.fixture(scope="module")
 def fashion() -> tuple[torch.Tensor, torch.Tensor]:
-    """PCA-64 of 3,000 Fashion-MNIST test images (L2-normalised) and their labels."""
+    """PCA-64 of 3,000 Fashion-MNIST test images, rounded to exact unit vectors, and labels."""
     images, labels = load_fashion_mnist(split="test")
     pixels = images[:3000].reshape(3000, -1).astype(np.float32) / 255.0
     emb = PCA(n_components=64, random_state=0).fit_transform(pixels).astype(np.float32)
-    return F.normalize(torch.from_numpy(emb), dim=1), torch.from_numpy(labels[:3000])
+    return exact_unit(torch.from_numpy(emb)), torch.from_numpy(labels[:3000])
 
 
 def _pml(
@@ -76,7 +96,8 @@ def _ours(
     return evaluator.evaluate(query, query_labels, reference, reference_labels)
 
 
-def _assert_matches_pml(ours: RetrievalResult, pml: dict[str, float], tol: float = 1e-6) -> None:
+def _assert_matches_pml(ours: RetrievalResult, pml: dict[str, float], tol: float = 1e-12) -> None:
+    """Equal up to the order of the final float64 average (a swapped pair moves ~1e-6)."""
     for name in PML_METRICS:
         assert ours.metrics[name] == pytest.approx(pml[name], abs=tol), name
 
@@ -133,6 +154,16 @@ def test_matches_accuracy_calculator_with_ties(n: int) -> None:
 
 @needs_faiss
 def test_matches_accuracy_calculator_with_lone_query_labels() -> None:
+    """Lone query labels are left out as AccuracyCalculator leaves them out.
+
+    This test failed on AMD EPYC CI machines (MAP@R 0.40778157 vs 0.40778004, tol 1e-6) when it
+    ran on random floats: a near-tie, two items whose similarities differ in the last bit, was
+    ranked one way by our FAISS inner-product search and the other way by AccuracyCalculator's
+    FAISS L2 search, because the two GEMMs sum in different orders and so round differently on
+    that CPU. Exact embeddings (module docstring) make both searches compute the same bits, so
+    the comparison holds to 1e-12 on every CPU; near-ties are covered on their own by
+    test_near_ties_match_the_reference_on_the_same_neighbour_order.
+    """
     x, y = _clustered(600, 24, 6, noise=1.5, seed=3)
     y = y.clone()
     y[0], y[1] = 100, 101  # Labels seen once: lone in leave-one-out.
@@ -187,6 +218,10 @@ def test_knn_matches_lightly_knn_predict(
     x, y = fashion
     query, bank = x[:500], x[500:]
     k, t = KNN_PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    # Exact data: the only way to disagree with knn_predict's topk would be an exact tie at the
+    # k-th place (which topk may break either way); this data has none, so equality is exact.
+    top = (query @ bank.T).topk(k + 1, dim=1).values
+    assert not bool((top[:, k - 1] == top[:, k]).any())
     pred = knn_predict(query, bank.T, y[500:], num_classes=10, knn_k=k, knn_t=t)
     name = protocol if isinstance(protocol, str) else f"k{k}_t{t:g}"
     for backend in CPU_BACKENDS:
@@ -231,28 +266,88 @@ def test_knn_func_adapter_reproduces_accuracy_calculator(
     reference = _pml(x, y)  # pytorch-metric-learning's own FaissKNN (IndexFlatL2).
     for metric in ("l2", "ip"):
         adapted = _pml(x, y, knn_func=make_knn_func(backend="faiss", metric=metric))
-        _assert_matches_pml_dict(adapted, reference, tol=1e-6)
+        _assert_matches_pml_dict(adapted, reference, tol=1e-12)
     split = _pml(x[:500], y[:500], x[500:], y[500:])
     adapted = _pml(x[:500], y[:500], x[500:], y[500:], knn_func=make_knn_func(backend="faiss"))
-    _assert_matches_pml_dict(adapted, split, tol=1e-6)
-    # Without FAISS: torch's GEMM rounds differently from FAISS's, which can swap two items
-    # whose similarities differ in the last bit (here one swap among 1500 queries).
+    _assert_matches_pml_dict(adapted, split, tol=1e-12)
+    # Without FAISS: exact data, so torch's GEMM gives FAISS's bits and the same ranking.
     adapted = _pml(x, y, knn_func=make_knn_func(backend="torch"))
-    _assert_matches_pml_dict(adapted, reference, tol=1e-5)
+    _assert_matches_pml_dict(adapted, reference, tol=1e-12)
+
+
+class _NormalisedKNN(IndexKNN):
+    """Our knn_func on ``F.normalize``d inputs: the exact tensors the evaluator searches."""
+
+    def __call__(
+        self,
+        query: Tensor,
+        k: int,
+        reference: Tensor | None = None,
+        ref_includes_query: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        ref = None if reference is None else F.normalize(reference, dim=1)
+        return super().__call__(F.normalize(query, dim=1), k, ref, ref_includes_query)
 
 
 def test_evaluator_equals_accuracy_calculator_on_the_same_search(
     fashion: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    # The same search on both sides (our torch backend, no FAISS): what is compared is the
-    # metric definitions. (Chunk shapes and re-normalisation can still move a similarity by one
-    # ulp, hence 1e-6 rather than 0.)
+    # The same search on both sides (our torch backend, same chunks, same normalised inputs):
+    # what is compared is the metric definitions, so they must agree exactly.
     x, y = fashion
-    knn_func = make_knn_func(backend="torch", metric="ip")
+    knn_func = _NormalisedKNN(backend="torch", chunk_size=256, metric="ip")
     pml = _pml(x, y, knn_func=knn_func)
-    _assert_matches_pml(_ours(x, y, backend="torch"), pml)
+    _assert_matches_pml(_ours_chunked(x, y, backend="torch"), pml)
     pml = _pml(x[:700], y[:700], x[700:], y[700:], knn_func=knn_func)
-    _assert_matches_pml(_ours(x[:700], y[:700], x[700:], y[700:], backend="torch"), pml)
+    _assert_matches_pml(_ours_chunked(x[:700], y[:700], x[700:], y[700:], backend="torch"), pml)
+
+
+def _ours_chunked(
+    query: Tensor,
+    query_labels: Tensor,
+    reference: Tensor | None = None,
+    reference_labels: Tensor | None = None,
+    backend: str = "torch",
+) -> RetrievalResult:
+    evaluator = RetrievalEvaluator(backend=backend, chunk_size=256, nmi=False, knn_protocols=())
+    return evaluator.evaluate(query, query_labels, reference, reference_labels)
+
+
+@needs_faiss
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_near_ties_match_the_reference_on_the_same_neighbour_order(backend: str) -> None:
+    """Regression test for the AMD EPYC failure of the AccuracyCalculator agreement tests.
+
+    Near-copies of exact embeddings, perturbed by ~1e-7 and given other labels, create near-ties:
+    similarities that differ in the last bits, whose order depends on how the GEMM rounds (the CPU's
+    kernels, FAISS vs torch, the block shapes). Comparing our metrics with AccuracyCalculator's
+    default FAISS L2 search on such data compares rounding, which is what broke on AMD (on this data
+    P@1 then differs by ~3e-3 on every backend). Instead, (1) AccuracyCalculator runs on the *same*
+    neighbour order (our search, same backend, same chunks, same normalised inputs) and must give
+    our metrics to 1e-12, whatever the CPU; a single swapped pair would move MAP@R by ~1e-6. (2) The
+    exact-arithmetic variant (the unperturbed embeddings, every similarity exact) must match
+    AccuracyCalculator's own FAISS search to 1e-12.
+    """
+    x, y = _clustered(500, 24, 6, noise=1.5, seed=3)
+    y = y.clone()
+    y[0], y[1] = 100, 101  # Lone labels too.
+    g = torch.Generator().manual_seed(0)
+    copies = x[:200] + 1e-7 * torch.randn(200, x.shape[1], generator=g)
+    near = torch.cat([x, copies])
+    near_labels = torch.cat([y, (y[:200] + 1) % 6])  # A swap with the original changes metrics.
+    normalised = F.normalize(near, dim=1)
+    max_bin = int(torch.bincount(near_labels).max())
+    assert has_near_ties(normalised @ normalised.T, max_bin)  # The hazard is really there.
+
+    knn_func = _NormalisedKNN(backend=backend, chunk_size=256, metric="ip")
+    pml = _pml(near, near_labels, knn_func=knn_func)
+    _assert_matches_pml(_ours_chunked(near, near_labels, backend=backend), pml)
+    split = _pml(near[:300], near_labels[:300], near[300:], near_labels[300:], knn_func=knn_func)
+    ours = _ours_chunked(near[:300], near_labels[:300], near[300:], near_labels[300:], backend)
+    _assert_matches_pml(ours, split)
+
+    # The exact-arithmetic variant against AccuracyCalculator's own FAISS L2 search.
+    _assert_matches_pml(_ours(x, y, backend=backend), _pml(x, y))
 
 
 def _assert_matches_pml_dict(a: dict[str, float], b: dict[str, float], tol: float) -> None:
@@ -326,7 +421,7 @@ def test_retrieval_false_gives_knn_only() -> None:
 def test_bad_input_errors() -> None:
     x, y = _clustered(50, 16, 3, noise=1.0, seed=13)
     evaluator = RetrievalEvaluator(knn_protocols=(), nmi=False, backend="torch")
-    with pytest.raises(ValueError, match=r"differ in dimension: \(50, 16\) vs \(50, 8\)"):
+    with pytest.raises(ValueError, match=r"differ in dimension: \(50, 20\) vs \(50, 8\)"):
         evaluator.evaluate(x, y, x[:, :8], y)
     with pytest.raises(
         ValueError, match="query_labels has 49 entries but the embeddings have 50 rows"
@@ -336,11 +431,11 @@ def test_bad_input_errors() -> None:
         evaluator.evaluate(x[:10], y[:10], x[10:], y[:10])
     nan = x.clone()
     nan[3, 0] = float("nan")
-    with pytest.raises(ValueError, match="query_embeddings contains NaN or inf.*row 3"):
+    with pytest.raises(ValueError, match="query_embeddings contains NaN or inf.*first at row 3"):
         evaluator.evaluate(nan, y)
     with pytest.raises(ValueError, match="reference_embeddings contains NaN"):
         evaluator.evaluate(x, y, nan, y)
-    with pytest.raises(ValueError, match=r"empty set: query_embeddings has shape \(0, 16\)"):
+    with pytest.raises(ValueError, match=r"empty set: query_embeddings has shape \(0, 20\)"):
         evaluator.evaluate(x[:0], y[:0], x, y)
     with pytest.raises(
         ValueError, match="Recall@8 needs at least 8 reference items, but there are 5"
@@ -373,3 +468,88 @@ def test_progress_bar_is_shown_on_request(capsys: pytest.CaptureFixture[str]) ->
     for backend in CPU_BACKENDS:
         RetrievalEvaluator(nmi=False, backend=backend, progress=True).evaluate(x, y)
         assert "kNN search" in capsys.readouterr().err, backend
+
+
+def test_metric_specs_cover_every_emitted_key() -> None:
+    evaluator = RetrievalEvaluator(recall_at=(1, 4), knn_protocols=("dino", "lightly", (7, 0.5)))
+    names = evaluator.metric_names()
+    assert {"recall_at_4", "knn_top1_dino", "knn_top5_lightly", "knn_top1_k7_t0.5"} <= set(names)
+    for name in names:
+        spec = metric_spec(name)
+        assert spec is not None and spec.name == name and spec.higher_is_better, name
+    assert metric_spec("knn_top1_dino").display_name == "kNN top-1 (k=20, T=0.07)"  # type: ignore[union-attr]
+    assert metric_spec("knn_top5_k7_t0.5").display_name == "kNN top-5 (k=7, T=0.5)"  # type: ignore[union-attr]
+    assert metric_spec("recall_at_4").needs == "retrieval"  # type: ignore[union-attr]
+    assert metric_spec("nmi").needs == "clusters"  # type: ignore[union-attr]
+    assert metric_spec("recall_at_0") is None and metric_spec("loss") is None
+    assert KNN_PROTOCOLS["dino"] == (20, 0.07) and KNN_PROTOCOLS["lightly"] == (200, 0.1)
+
+
+def test_registered_functions_compute_the_documented_values() -> None:
+    # One query with R = 2 and results [hit, miss, hit]: AP@R counts only the first R results.
+    chunk = RetrievalChunk(
+        same=torch.tensor([[True, False, True]]),
+        relevant=torch.tensor([2]),
+        max_bin=3,
+        ranks=torch.arange(1, 4, dtype=torch.float64),
+    )
+    values = {name: float(metric_spec(name).fn(chunk)[0]) for name in RETRIEVAL_METRICS}  # type: ignore[union-attr]
+    assert values == {
+        "precision_at_1": 1.0,
+        "r_precision": 0.5,
+        "mean_average_precision_at_r": 0.5,
+        "mean_average_precision": (1.0 + 2 / 3) / 2,
+    }
+    assert float(metric_spec("recall_at_2").fn(chunk)[0]) == 1.0  # type: ignore[union-attr]
+    votes = KNNChunk(predictions=torch.tensor([[2, 0, 1], [1, 2, 0]]), targets=torch.tensor([0, 1]))
+    assert metric_spec("knn_top1_dino").fn(votes).tolist() == [0.0, 1.0]  # type: ignore[union-attr]
+    assert metric_spec("knn_top2_dino").fn(votes).tolist() == [1.0, 1.0]  # type: ignore[union-attr]
+
+
+def test_register_metric_rejects_taken_names_and_unknown_needs() -> None:
+    spec = metric_spec("nmi")
+    assert spec is not None
+    with pytest.raises(ValueError, match="'nmi' is already registered"):
+        register_metric(spec)
+    with pytest.raises(ValueError, match="needs must be"):
+        register_metric(MetricSpec("x", "X", True, "pixels", lambda _: 0.0))  # type: ignore[arg-type]
+
+
+def test_evaluate_against_bank_merges_knn_and_leave_one_out() -> None:
+    x, y = _clustered(600, 16, 4, noise=1.5, seed=14)
+    test, test_y, bank, bank_y = x[:200], y[:200], x[200:], y[200:]
+    evaluator = RetrievalEvaluator(knn_protocols=("dino",), backend="torch", recall_at=(1, 4))
+    result = evaluate_against_bank(test, test_y, bank, bank_y, evaluator)
+    knn = evaluator.replace(retrieval=False, nmi=False).evaluate(test, test_y, bank, bank_y)
+    loo = evaluator.replace(knn_protocols=()).evaluate(test, test_y)
+    assert result.metrics == {**loo.metrics, **knn.metrics}
+    assert list(result.metrics) == evaluator.metric_names()
+    assert result.per_class["knn_top1_dino"] == knn.per_class["knn_top1_dino"]
+    assert (
+        result.per_class["mean_average_precision_at_r"]
+        == loo.per_class["mean_average_precision_at_r"]
+    )
+    assert torch.equal(result.neighbors, loo.neighbors) and int(result.neighbors.max()) < 200
+    assert result.info["knn"]["num_references"] == 400
+    assert result.info["leave_one_out"]["leave_one_out"] is True
+    assert result.info["metric_sources"]["knn_top1_dino"] == "knn"
+    assert result.info["metric_sources"]["nmi"] == "leave_one_out"
+    # kNN against the bank differs from kNN leave-one-out within the test split.
+    assert (
+        knn.metrics != evaluator.replace(retrieval=False, nmi=False).evaluate(test, test_y).metrics
+    )
+    no_knn = evaluate_against_bank(test, test_y, bank, bank_y, evaluator.replace(knn_protocols=()))
+    assert "knn" not in no_knn.info and no_knn.metrics == loo.metrics
+
+
+def test_replace_keeps_settings_and_rejects_unknown_arguments() -> None:
+    evaluator = RetrievalEvaluator(recall_at=(2,), knn_protocols=((5, 0.2),), seed=4)
+    copy = evaluator.replace(nmi=False)
+    assert (copy.recall_at, copy.knn_protocols, copy.seed, copy.nmi) == (
+        (2,),
+        ((5, 0.2),),
+        4,
+        False,
+    )
+    with pytest.raises(ValueError, match=r"unknown RetrievalEvaluator arguments: \['k'\]"):
+        evaluator.replace(k=3)

@@ -82,9 +82,9 @@ def child(method: str, data_path: str) -> None:
         backend = method.split(":", 1)[1]
         if backend == "tiled-chunked":
             # The tiled backend with its memory-lean mode forced: no symmetric search.
-            from lightly_grpo import tiled_search
+            from lightly_grpo.index import tiled
 
-            tiled_search.DEFAULT_SYMMETRIC_MEMORY_BYTES = 0
+            tiled.DEFAULT_SYMMETRIC_MEMORY_BYTES = 0
             backend = "tiled"
         evaluator = RetrievalEvaluator(backend=backend, knn_protocols=(), nmi=False)
         metrics = evaluator.evaluate(torch.from_numpy(x), torch.from_numpy(labels)).metrics

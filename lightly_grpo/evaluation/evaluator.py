@@ -1,20 +1,10 @@
-"""Retrieval and kNN metrics over embeddings, exact and memory-bounded at any size.
+"""Retrieval, kNN and clustering metrics over embeddings, exact and memory-bounded at any size.
 
-:class:`RetrievalEvaluator` computes, from one exact chunked search through
-:mod:`lightly_grpo.index`:
-
-- P@1, R-precision, MAP@R and MAP with the definitions of pytorch-metric-learning's
-  ``AccuracyCalculator(k="max_bin_count")`` (Musgrave et al., 2020): R is the number of
-  reference items with the query's label (minus the query itself in leave-one-out); the ranking
-  is cut at ``max_bin_count``, the largest R among the query labels, so MAP is "MAP over the
-  first max_bin_count results"; queries whose label has no other reference item ("lone" queries)
-  are left out of these metrics, as ``AccuracyCalculator`` does.
-- Recall@K: the share of (non-lone) queries with at least one same-label item among their top
-  K, the metric-learning "Recall@K" (so Recall@1 equals P@1).
-- kNN top-1/top-5: cosine-weighted vote over the k nearest references with weights
-  ``exp(sim / T)``, computed with the same operations as lightly's ``knn_predict`` (so ties in
-  the vote resolve the same way); the average is over all queries, as lightly does.
-- NMI/AMI between the labels and a spherical k-means clustering of the queries.
+:class:`RetrievalEvaluator` runs one exact chunked search through :mod:`lightly_grpo.index` and
+hands each chunk of results to the requested metrics of :mod:`lightly_grpo.evaluation.metrics`
+(P@1, R-precision, MAP@R, MAP and Recall@K with pytorch-metric-learning's definitions; kNN
+top-1/top-5 with the operations of lightly's ``knn_predict``; NMI/AMI of a spherical k-means of
+the queries).
 
 Embeddings are L2-normalised inside (cosine similarity). Without a reference set the evaluation
 is leave-one-out within the queries: each query is removed from its own results.
@@ -33,30 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 from torch import Tensor
 
+from lightly_grpo.evaluation.knn import knn_votes, parse_protocol
+from lightly_grpo.evaluation.metrics import (
+    KNN_TOP,
+    RETRIEVAL_METRICS,
+    ClusterInputs,
+    KNNChunk,
+    MetricSpec,
+    RetrievalChunk,
+    metric_spec,
+)
 from lightly_grpo.index import (
     ArrayLike,
     as_float_tensor,
-    check_finite,
     iter_knn_search,
-    knn_search,
     resolve_backend,
     spherical_kmeans,
 )
-
-#: Named kNN protocols: name -> (k, temperature).
-KNN_PROTOCOLS: dict[str, tuple[int, float]] = {"dino": (20, 0.07), "lightly": (200, 0.1)}
-
-RETRIEVAL_METRICS = (
-    "precision_at_1",
-    "r_precision",
-    "mean_average_precision_at_r",
-    "mean_average_precision",
-)
-# Bytes one kNN vote sub-batch (B x k x C float32, twice) may use.
-_VOTE_MEMORY_BYTES = 64 * 2**20
+from lightly_grpo.validation import check_finite
 
 
 @dataclass
@@ -64,7 +50,8 @@ class RetrievalResult:
     """What :meth:`RetrievalEvaluator.evaluate` returns.
 
     Attributes:
-        metrics: Flat metric name -> value.
+        metrics: Flat metric name -> value (:func:`~lightly_grpo.evaluation.metric_spec` gives
+            each key's display name and direction).
         per_class: Metric name -> {label: value} for P@1, R-precision, MAP@R and the kNN top-1
             of the first protocol.
         neighbors: (Q, n) int64 indices of each query's top reference items, best first.
@@ -111,7 +98,7 @@ def _as_embeddings(x: ArrayLike, name: str) -> Tensor:
     t = as_float_tensor(x, name)
     if t.shape[0] == 0:
         raise ValueError(f"empty set: {name} has shape {tuple(t.shape)}")
-    check_finite(t, name)
+    check_finite({name: t})
     return F.normalize(t, dim=1)
 
 
@@ -131,53 +118,11 @@ def _as_labels(
     return t.to(device=device, dtype=torch.int64)
 
 
-def _protocol(spec: str | tuple[int, float]) -> tuple[str, int, float]:
-    if isinstance(spec, str):
-        if spec not in KNN_PROTOCOLS:
-            raise ValueError(
-                f"unknown kNN protocol {spec!r}; use one of {sorted(KNN_PROTOCOLS)} or a "
-                "(k, T) tuple"
-            )
-        k, t = KNN_PROTOCOLS[spec]
-        return spec, k, t
-    if (
-        not isinstance(spec, (tuple, list))
-        or len(spec) != 2
-        or isinstance(spec[0], bool)
-        or not isinstance(spec[0], int)
-        or spec[0] < 1
-        or not isinstance(spec[1], (int, float))
-        or not spec[1] > 0
-    ):
-        raise ValueError(f"a kNN protocol must be a name or a (k >= 1, T > 0) tuple, got {spec!r}")
-    k, t = int(spec[0]), float(spec[1])
-    return f"k{k}_t{t:g}", k, t
-
-
-def knn_vote(similarities: Tensor, labels: Tensor, num_classes: int, temperature: float) -> Tensor:
-    """Weighted kNN vote with the operations of lightly's ``knn_predict``.
-
-    Args:
-        similarities: (B, k) similarities of each query's k nearest neighbours.
-        labels: (B, k) int64 class indices (0..num_classes-1) of those neighbours.
-        num_classes: Number of classes C.
-        temperature: T in the weights ``exp(sim / T)``.
-
-    Returns:
-        (B, C) class indices sorted by summed weight, best first (``knn_predict``'s output).
-
-    Examples:
-        >>> knn_vote(torch.tensor([[0.9, 0.5]]), torch.tensor([[1, 0]]), 2, 0.1)[:, 0]
-        tensor([1])
-    """
-    b, k = similarities.shape
-    # Same ops as lightly.utils.benchmarking.knn_predict after its topk, so scores and the
-    # argsort tie order are identical.
-    sim_weight = (similarities / temperature).exp()
-    one_hot = torch.zeros(b * k, num_classes, device=labels.device)
-    one_hot = one_hot.scatter(dim=-1, index=labels.reshape(-1, 1), value=1.0)
-    pred_scores = torch.sum(one_hot.view(b, -1, num_classes) * sim_weight.unsqueeze(dim=-1), dim=1)
-    return pred_scores.argsort(dim=-1, descending=True)
+def _spec(name: str) -> MetricSpec:
+    spec = metric_spec(name)
+    if spec is None:  # Every name below is built from a registered family.
+        raise RuntimeError(f"metric {name!r} is not registered")
+    return spec
 
 
 class RetrievalEvaluator:
@@ -231,7 +176,7 @@ class RetrievalEvaluator:
             raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
         resolve_backend(backend)  # Fail early on an unknown or unavailable backend.
         self.recall_at = tuple(sorted(set(recall_at)))
-        self.protocols = [_protocol(p) for p in knn_protocols]
+        self.protocols = [parse_protocol(p) for p in knn_protocols]
         self.knn_protocols = tuple(knn_protocols)
         self.backend = backend
         self.chunk_size = chunk_size
@@ -242,6 +187,49 @@ class RetrievalEvaluator:
         self.retrieval = retrieval
         self.num_neighbors = num_neighbors
         self.progress = progress
+
+    def replace(self, **changes: Any) -> RetrievalEvaluator:
+        """A copy with some constructor arguments changed.
+
+        Examples:
+            >>> RetrievalEvaluator().replace(nmi=False, knn_protocols=()).metric_names()[:2]
+            ['precision_at_1', 'r_precision']
+        """
+        options: dict[str, Any] = {
+            "recall_at": self.recall_at,
+            "knn_protocols": self.knn_protocols,
+            "backend": self.backend,
+            "chunk_size": self.chunk_size,
+            "nmi": self.nmi,
+            "num_clusters": self.num_clusters,
+            "seed": self.seed,
+            "per_class": self.per_class,
+            "retrieval": self.retrieval,
+            "num_neighbors": self.num_neighbors,
+            "progress": self.progress,
+        }
+        unknown = set(changes) - set(options)
+        if unknown:
+            raise ValueError(f"unknown RetrievalEvaluator arguments: {sorted(unknown)}")
+        return RetrievalEvaluator(**{**options, **changes})
+
+    def metric_names(self) -> list[str]:
+        """The metric keys :meth:`evaluate` returns, in order.
+
+        Examples:
+            >>> RetrievalEvaluator(recall_at=(1,), knn_protocols=("dino",)).metric_names()
+            ... # doctest: +NORMALIZE_WHITESPACE
+            ['precision_at_1', 'r_precision', 'mean_average_precision_at_r',
+             'mean_average_precision', 'recall_at_1', 'knn_top1_dino', 'knn_top5_dino', 'nmi',
+             'ami']
+        """
+        names: list[str] = []
+        if self.retrieval:
+            names += list(RETRIEVAL_METRICS) + [f"recall_at_{k}" for k in self.recall_at]
+        names += [f"knn_top{n}_{name}" for name, _, _ in self.protocols for n in KNN_TOP]
+        if self.nmi:
+            names += ["nmi", "ami"]
+        return names
 
     def evaluate(
         self,
@@ -336,14 +324,14 @@ class RetrievalEvaluator:
         if self.retrieval:
             search_k = max([search_k, max_bin] + list(self.recall_at))
 
-        per_query: dict[str, Tensor] = {}
-        names = list(RETRIEVAL_METRICS) + [f"recall_at_{k}" for k in self.recall_at]
-        if self.retrieval:
-            for name in names:
-                per_query[name] = torch.zeros(num_q, dtype=torch.float64)
-        for name, _, _ in self.protocols:
-            per_query[f"knn_top1_{name}"] = torch.zeros(num_q, dtype=torch.float64)
-            per_query[f"knn_top5_{name}"] = torch.zeros(num_q, dtype=torch.float64)
+        specs = [_spec(name) for name in self.metric_names()]
+        retrieval_specs = [s for s in specs if s.needs == "retrieval"]
+        knn_specs = {
+            name: [_spec(f"knn_top{n}_{name}") for n in KNN_TOP] for name, _, _ in self.protocols
+        }
+        per_query = {
+            s.name: torch.zeros(num_q, dtype=torch.float64) for s in specs if s.needs != "clusters"
+        }
         neighbors = torch.empty(num_q, n_show, dtype=torch.int64)
         neighbor_sims = torch.empty(num_q, n_show, dtype=torch.float32)
 
@@ -366,24 +354,33 @@ class RetrievalEvaluator:
             nb_ids = r_ids_small[idx]
             neighbors[start:stop] = idx[:, :n_show].cpu()
             neighbor_sims[start:stop] = sims[:, :n_show].cpu()
-            if self.retrieval:
-                chunk_values = self._retrieval_chunk(
-                    nb_ids, q_chunk, relevant[start:stop], max_bin, ranks
+            if retrieval_specs:
+                chunk = RetrievalChunk(
+                    nb_ids == q_chunk[:, None], relevant[start:stop], max_bin, ranks
                 )
-                for name, chunk_value in chunk_values.items():
-                    per_query[name][start:stop] = chunk_value.cpu()
+                for spec in retrieval_specs:
+                    per_query[spec.name][start:stop] = spec.fn(chunk).cpu()
             for name, k, temperature in self.protocols:
-                top1, top5 = self._knn_chunk(
-                    sims[:, :k], nb_ids[:, :k].long(), q_chunk.long(), num_classes, temperature
-                )
-                per_query[f"knn_top1_{name}"][start:stop] = top1.cpu()
-                per_query[f"knn_top5_{name}"][start:stop] = top5.cpu()
+                targets = q_chunk.long()
+                for rows, pred in knn_votes(
+                    sims[:, :k], nb_ids[:, :k].long(), num_classes, temperature
+                ):
+                    votes = KNNChunk(pred, targets[rows])
+                    first = start + (rows.start or 0)
+                    for spec in knn_specs[name]:
+                        values = spec.fn(votes).cpu()
+                        per_query[spec.name][first : first + len(values)] = values
 
         not_lone_cpu = not_lone.cpu()
         metrics: dict[str, float] = {}
-        for name, values in per_query.items():
-            subset = values if name.startswith("knn_") else values[not_lone_cpu]
-            metrics[name] = float(subset.mean())
+        for spec in specs:
+            if spec.needs == "clusters":
+                continue
+            values = per_query[spec.name]
+            # kNN accuracy averages over all queries (as lightly does); retrieval metrics leave
+            # out lone queries (as AccuracyCalculator does).
+            subset = values if spec.needs == "knn" else values[not_lone_cpu]
+            metrics[spec.name] = float(subset.mean())
 
         per_class: dict[str, dict[int, float]] = {}
         if self.per_class:
@@ -405,12 +402,12 @@ class RetrievalEvaluator:
                     if counts[c] > 0
                 }
 
-        if self.nmi:
+        cluster_specs = [s for s in specs if s.needs == "clusters"]
+        if cluster_specs:
             _, assignments = spherical_kmeans(query, clusters, seed=self.seed, backend=self.backend)
-            labels_np = q_labels.cpu().numpy()
-            assign_np = assignments.cpu().numpy()
-            metrics["nmi"] = float(normalized_mutual_info_score(labels_np, assign_np))
-            metrics["ami"] = float(adjusted_mutual_info_score(labels_np, assign_np))
+            inputs = ClusterInputs(q_labels.cpu().numpy(), assignments.cpu().numpy())
+            for spec in cluster_specs:
+                metrics[spec.name] = float(spec.fn(inputs))
 
         for name, value in metrics.items():
             if not math.isfinite(value):  # Guarded above; never hand back NaN silently.
@@ -437,91 +434,3 @@ class RetrievalEvaluator:
             neighbor_similarities=neighbor_sims,
             info=info,
         )
-
-    def _retrieval_chunk(
-        self, nb_ids: Tensor, q_ids: Tensor, relevant: Tensor, max_bin: int, ranks: Tensor
-    ) -> dict[str, Tensor]:
-        same = nb_ids == q_ids[:, None]
-        out = {f"recall_at_{k}": same[:, :k].any(dim=1).double() for k in self.recall_at}
-        out["precision_at_1"] = same[:, 0].double()
-        r = relevant.clamp_min(1).double()  # Lone queries are dropped later; avoid 0/0.
-        same = same[:, :max_bin]
-        # AccuracyCalculator's relevance mask: only the first R results count for R-precision
-        # and MAP@R; MAP counts every hit among the first max_bin_count results.
-        in_r = torch.arange(1, max_bin + 1, device=same.device)[None, :] <= relevant[:, None]
-        hits_r = same & in_r
-        out["r_precision"] = hits_r.sum(dim=1).double() / r
-        precision = hits_r.cumsum(dim=1).double().div_(ranks).mul_(hits_r)
-        out["mean_average_precision_at_r"] = precision.sum(dim=1) / r
-        precision = same.cumsum(dim=1).double().div_(ranks).mul_(same)
-        out["mean_average_precision"] = precision.sum(dim=1) / r
-        return out
-
-    @staticmethod
-    def _knn_chunk(
-        sims: Tensor, labels: Tensor, targets: Tensor, num_classes: int, temperature: float
-    ) -> tuple[Tensor, Tensor]:
-        b, k = sims.shape
-        step = max(1, _VOTE_MEMORY_BYTES // (8 * k * num_classes))
-        top1, top5 = [], []
-        for s in range(0, b, step):
-            pred = knn_vote(sims[s : s + step], labels[s : s + step], num_classes, temperature)
-            target = targets[s : s + step, None]
-            top1.append((pred[:, :1] == target).any(dim=1).double())
-            top5.append((pred[:, :5] == target).any(dim=1).double())
-        return torch.cat(top1), torch.cat(top5)
-
-
-class IndexKNN:
-    """A ``knn_func`` for pytorch-metric-learning's ``AccuracyCalculator`` on our index layer.
-
-    Called as ``knn_func(query, k, reference, ref_includes_query)`` and returns
-    ``(distances, indices)`` like pytorch-metric-learning's ``FaissKNN``: with
-    ``ref_includes_query`` query i is reference i and is removed from its own results.
-    Works without FAISS (``backend="torch"``) and on any size (chunked search).
-
-    Args:
-        backend: Search backend (``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"torch"``).
-        chunk_size: Queries per chunk; ``None`` picks it from a memory budget.
-        metric: ``"l2"`` (squared distances, as ``FaissKNN``'s default ``IndexFlatL2``) or
-            ``"ip"`` (similarities).
-    """
-
-    def __init__(self, backend: str = "auto", chunk_size: int | None = None, metric: str = "l2"):
-        if metric not in ("ip", "l2"):
-            raise ValueError(f"metric must be 'ip' or 'l2', got {metric!r}")
-        resolve_backend(backend)
-        self.backend = backend
-        self.chunk_size = chunk_size
-        self.metric = metric
-
-    def __call__(
-        self,
-        query: Tensor,
-        k: int,
-        reference: Tensor | None = None,
-        ref_includes_query: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        ref = query if reference is None else reference
-        values, indices = knn_search(
-            query,
-            ref,
-            int(k),
-            metric="ip" if self.metric == "ip" else "l2",
-            backend=self.backend,
-            chunk_size=self.chunk_size,
-            exclude_self=ref_includes_query,
-        )
-        return values.to(query.device), indices.to(query.device)
-
-
-def make_knn_func(
-    backend: str = "auto", chunk_size: int | None = None, metric: str = "l2"
-) -> IndexKNN:
-    """A ``knn_func`` for ``AccuracyCalculator`` that runs on :func:`lightly_grpo.index.knn_search`.
-
-    Examples:
-        >>> from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-        >>> calc = AccuracyCalculator(knn_func=make_knn_func(backend="torch"), k="max_bin_count")
-    """
-    return IndexKNN(backend=backend, chunk_size=chunk_size, metric=metric)

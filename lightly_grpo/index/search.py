@@ -1,7 +1,6 @@
-"""Exact k-nearest-neighbour search and spherical k-means over embeddings.
+"""Exact k-nearest-neighbour search over embeddings, with the backend chosen at run time.
 
-One small layer that the evaluation, the output sets and the benchmarks share. The backend is
-chosen at run time:
+The search layer that the evaluation, the k-means and the benchmarks share. Backends:
 
 - ``"faiss-gpu"``: FAISS on a GPU, used when FAISS is importable, ``faiss.get_num_gpus() > 0``
   and the data lives on CUDA. FAISS GPU search is limited to ``k <= 2048``; a larger ``k`` runs
@@ -9,7 +8,7 @@ chosen at run time:
   the process on a machine without a usable GPU, so GPU functions are only called after
   ``get_num_gpus()`` said there is one).
 - ``"tiled"``: CPU search in cache-sized tiles with this package's compiled streaming top-k
-  (:mod:`lightly_grpo.tiled_search`); leave-one-out searches compute each dot product once.
+  (:mod:`lightly_grpo.index.tiled`); leave-one-out searches compute each dot product once.
   The default on the CPU when the extension was built (it is, wherever a C++ compiler was
   present at install time).
 - ``"faiss"``: FAISS on the CPU (``faiss-cpu`` or the CPU indexes of ``faiss-gpu``).
@@ -33,11 +32,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightly_grpo.tiled_search import candidate_capacity, tiled_available, tiled_knn_chunks
+from lightly_grpo.index.tiled import candidate_capacity, tiled_available, tiled_knn_chunks
+from lightly_grpo.validation import check_finite
 
 faiss: Any
 try:  # faiss-cpu and faiss-gpu are two extras of this package; either one imports as `faiss`.
@@ -145,16 +144,6 @@ def as_float_tensor(x: ArrayLike, name: str) -> Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def check_finite(x: Tensor, name: str) -> None:
-    """Raises a ValueError naming the first non-finite row of ``x``."""
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        rows = bad.reshape(len(x), -1).any(dim=1).nonzero().flatten()
-        raise ValueError(
-            f"{name} contains NaN or inf in {len(rows)} row(s), first at row {int(rows[0])}"
-        )
-
-
 def _validate(
     queries: ArrayLike, references: ArrayLike, k: int, exclude_self: bool, metric: str
 ) -> tuple[Tensor, Tensor]:
@@ -183,8 +172,7 @@ def _validate(
             f"k must be an integer in [1, {available}] (number of references "
             f"{r.shape[0]}{' minus the query itself' if exclude_self else ''}), got {k!r}"
         )
-    check_finite(q, "queries")
-    check_finite(r, "references")
+    check_finite({"queries": q, "references": r})
     return q, r
 
 
@@ -352,7 +340,7 @@ def iter_knn_search(
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     if resolved == "tiled":
         # Exact with the same tie order as the torch path; a leave-one-out search over all
-        # items is symmetric when its candidate buffers fit the budget (tiled_search.py).
+        # items is symmetric when its candidate buffers fit the budget (index/tiled.py).
         yield from tiled_knn_chunks(
             q,
             r,
@@ -448,102 +436,3 @@ def knn_search(
         values.append(v)
         indices.append(i)
     return torch.cat(values), torch.cat(indices)
-
-
-def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding on unit vectors (cosine distance), O(N K D) without an N x K matrix."""
-    n = len(x)
-    first = int(torch.randint(n, (1,), generator=generator))
-    centroids = [x[first]]
-    min_dist = (1.0 - x @ x[first]).clamp_min_(0.0)
-    for _ in range(1, num_clusters):
-        weights = min_dist.double().cpu()
-        if float(weights.sum()) <= 0.0:  # Fewer distinct points than clusters.
-            weights = torch.ones(n, dtype=torch.float64)
-        choice = int(torch.multinomial(weights, 1, generator=generator))
-        centroids.append(x[choice])
-        min_dist = torch.minimum(min_dist, (1.0 - x @ x[choice]).clamp_min_(0.0))
-    return torch.stack(centroids)
-
-
-def spherical_kmeans(
-    x: ArrayLike,
-    num_clusters: int,
-    *,
-    iterations: int = 20,
-    seed: int = 0,
-    backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """Spherical k-means (cosine) with k-means++ seeding.
-
-    The points are L2-normalised first. Both backends start from the same k-means++ seeds
-    (seeded by ``seed``); FAISS runs ``faiss.Kmeans(spherical=True)``, the torch backend runs
-    Lloyd iterations with a chunked assignment step and re-seeds empty clusters with the points
-    farthest from their centroid.
-
-    Args:
-        x: (N, D) float tensor or numpy array.
-        num_clusters: Number of clusters K, ``1 <= K <= N``.
-        iterations: Number of Lloyd iterations.
-        seed: Seed of the k-means++ initialisation.
-        backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``
-            (``"tiled"`` has no k-means of its own: Lloyd's iterations run in FAISS when it is
-            installed, with the final assignment on the tiled search, else all in torch).
-
-    Returns:
-        ``(centroids, assignments)``: unit-norm (K, D) float32 centroids and (N,) int64 cluster
-        indices, on the device of ``x``.
-
-    Raises:
-        ValueError: On empty or non-finite input, or K out of range.
-
-    Examples:
-        >>> x = torch.randn(500, 16)
-        >>> centroids, assignments = spherical_kmeans(x, 5, backend="torch")
-        >>> centroids.shape, assignments.shape
-        (torch.Size([5, 16]), torch.Size([500]))
-    """
-    t = as_float_tensor(x, "x")
-    if len(t) == 0:
-        raise ValueError(f"spherical_kmeans needs at least one point, got shape {tuple(t.shape)}")
-    check_finite(t, "x")
-    if isinstance(num_clusters, bool) or not isinstance(num_clusters, int):
-        raise ValueError(f"num_clusters must be an integer, got {num_clusters!r}")
-    if not 1 <= num_clusters <= len(t):
-        raise ValueError(
-            f"num_clusters must be in [1, {len(t)}] (number of points), got {num_clusters}"
-        )
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    resolved = resolve_backend(backend, t.device)
-    if resolved == "tiled":
-        resolved = "faiss" if faiss is not None else "torch"
-    xn = F.normalize(t, dim=1)
-    generator = torch.Generator().manual_seed(seed)
-    centroids = _kmeans_plus_plus(xn, num_clusters, generator)
-    if resolved in ("faiss", "faiss-gpu") and iterations > 0:
-        km = faiss.Kmeans(
-            xn.shape[1],
-            num_clusters,
-            niter=iterations,
-            seed=seed,
-            spherical=True,
-            gpu=resolved == "faiss-gpu",
-            min_points_per_centroid=1,  # Small sets are fine; silences FAISS's warning.
-            max_points_per_centroid=max(256, len(xn)),  # Train on every point.
-        )
-        km.train(xn.cpu().numpy(), init_centroids=centroids.cpu().numpy())
-        centroids = F.normalize(torch.from_numpy(km.centroids).to(xn.device), dim=1)
-    else:
-        for _ in range(iterations):
-            sims, assign = knn_search(xn, centroids, 1, backend="torch")
-            sums = torch.zeros_like(centroids).index_add_(0, assign[:, 0], xn)
-            counts = torch.bincount(assign[:, 0], minlength=num_clusters)
-            empty = (counts == 0).nonzero().flatten()
-            if len(empty) > 0:
-                farthest = sims[:, 0].argsort()[: len(empty)]
-                sums[empty] = xn[farthest]
-            centroids = F.normalize(sums, dim=1)
-    search_backend = "torch" if resolved == "torch" else backend
-    _, assign = knn_search(xn, centroids, 1, backend=search_backend)
-    return centroids, assign[:, 0]

@@ -1,0 +1,193 @@
+"""The settings of every chain, each declared once: default, help text and command-line flag.
+
+The ``lightly-grpo`` command line is generated from these dataclasses
+(:mod:`lightly_grpo.chains.flags`). A field's ``metadata`` may carry:
+
+- ``help``: the flag's help text (without it, the comment after the field is used);
+- ``flag``: the flag, e.g. ``"--pretrain-epochs"``; a name without dashes is a positional argument;
+  ``None`` keeps the field off the command line (settable through ``--config``). Default:
+  ``--`` and the field name with dashes;
+- ``choices``: the allowed values, checked for flags and config files alike.
+
+A run folder's ``config.json`` is :func:`dataclasses.asdict` of its config and loads back with
+:func:`lightly_grpo.chains.flags.merge_config` (``lightly-grpo <command> --config FILE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightly_grpo.data import POSTTRAIN_AUGMENTATIONS
+from lightly_grpo.data.config import DataConfig
+from lightly_grpo.pretrain import PRETRAIN_METHODS
+from lightly_grpo.rewards import UniformityReward
+from lightly_grpo.stage import BATCHNORM_MODES
+
+
+def option(
+    default: Any, help: str, flag: str | None = "", choices: tuple[Any, ...] | None = None
+) -> Any:
+    """A dataclass field with its command-line flag: ``dataclasses.field`` plus metadata.
+
+    Args:
+        default: The default value (immutable; lists go through ``default_factory``).
+        help: Help text of the flag.
+        flag: The flag; ``""`` derives it from the field name, ``None`` keeps it off the
+            command line.
+        choices: Allowed values.
+
+    Examples:
+        >>> from dataclasses import dataclass, fields
+        >>> @dataclass
+        ... class Example:
+        ...     epochs: int = option(10, "training epochs", flag="--train-epochs")
+        >>> fields(Example)[0].metadata["flag"], Example().epochs
+        ('--train-epochs', 10)
+    """
+    metadata = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_ARCHITECTURE_HELP = "backbone name (see lightly_grpo.backbones.build_backbone)"
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings shared by the training steps."""
+
+    accelerator: str = option("auto", "Lightning accelerator: auto, cpu, gpu, ...")
+    devices: int = option(1, "devices per node")
+    precision: str = option("32-true", "Lightning precision, e.g. 32-true, bf16-mixed")
+    progress: bool = option(True, "show progress bars (--no-progress hides them)")
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (default: SimCLR from lightly's transform, head and loss)."""
+
+    out_dir: str = option("runs/simclr", "pretraining run folder", flag="--pretrain-out")
+    architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
+    epochs: int = option(10, "pretraining epochs", flag="--pretrain-epochs")
+    batch_size: int = option(256, "pretraining batch size", flag="--pretrain-batch-size")
+    max_images: int | None = option(
+        None,
+        "unlabeled train images to pretrain on ('all' for every one)",
+        flag="--pretrain-images",
+    )
+    lr: float = option(1e-3, "pretraining learning rate", flag="--pretrain-lr")
+    temperature: float = option(0.2, "NT-Xent temperature", flag="--pretrain-temperature")
+    method: str = option(
+        "simclr", "pretraining method (lightly_grpo.pretrain)", choices=tuple(PRETRAIN_METHODS)
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class EvalConfig:
+    """What the evaluation embeds: the kNN bank (train split) and the queries (test split)."""
+
+    max_train_images: int | None = option(
+        None, "train images in the kNN bank ('all' for every one)", flag="--eval-train-images"
+    )
+    max_test_images: int | None = option(
+        None, "test images used as queries ('all' for every one)", flag="--eval-test-images"
+    )
+    batch_size: int = option(512, "batch size when embedding", flag="--eval-batch-size")
+    grid_queries: int = option(8, "query rows of the report's retrieval grid")
+
+
+@dataclass
+class PosttrainConfig:
+    """GRPO-RM post-training on a labeled share of the train split."""
+
+    checkpoint: str = option(
+        "runs/simclr/simclr.ckpt",
+        "SimCLR .ckpt, lightly recipe .ckpt or state_dict",
+        flag="checkpoint",
+    )
+    out_dir: str = option("runs/grpo", "run folder (report, checkpoints)", flag="--out")
+    architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
+    label_fraction: float = option(0.1, "share of the train split used as labeled images")
+    epochs: int = option(20, "post-training epochs")
+    batch_size: int = option(256, "post-training batch size")
+    augment: str = option(
+        "light",
+        "labeled-image augmentation: none, light (crop + flip) or simclr (two views)",
+        choices=POSTTRAIN_AUGMENTATIONS,
+    )
+    temperature: float = option(0.1, "policy temperature (similarity / T)")
+    accuracy_reward: float = option(1.0, "weight of the accuracy reward")
+    uniformity_reward: float = option(1.0, "lambda of the uniformity reward; 0 disables")
+    uniformity_form: str = option(
+        "policy", "form of the uniformity reward", choices=UniformityReward.FORMS
+    )
+    clip_eps: float = option(0.2, "PPO clip epsilon (acts with --inner-steps > 1)")
+    beta: float = option(0.0, "reference KL weight")
+    inner_steps: int = option(1, "optimizer steps per batch")
+    group_size: int | None = option(None, "outputs per group ('none' for all classes)")
+    lr_backbone: float = option(1e-4, "backbone learning rate")
+    lr_prototypes: float = option(1e-3, "prototype learning rate")
+    weight_decay: float = option(1e-2, "AdamW weight decay")
+    batchnorm: str = option("freeze", "BatchNorm statistics policy", choices=BATCHNORM_MODES)
+    compile_loss: bool = option(False, "torch.compile the loss's fused math")
+    val_images: int | None = option(
+        2000, "test images for the per-epoch policy accuracy curve (0 disables, 'all')"
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """The ``evaluate`` command: checkpoints to evaluate side by side (protocol sizes: ``eval``)."""
+
+    checkpoints: list[str] = option([], "one checkpoint, or several to compare", flag="checkpoints")
+    names: list[str] | None = option(None, "display names, one per checkpoint")
+    architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
+    out_dir: str = option("runs/eval", "report folder", flag="--out")
+    device: str = option("auto", "Lightning accelerator name, or e.g. cuda:1")
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class DemoConfig:
+    """The ``demo`` command: pretraining, then post-training of its checkpoint and the report.
+
+    The shared flags (``--architecture``, data and trainer flags) set both steps.
+    """
+
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
+
+
+#: The demo's sizes, measured to finish in a few minutes on a 2-core CPU (README, "Demo"): an
+#: overlay on :class:`DemoConfig`'s defaults, applied before ``--config`` and the flags.
+DEMO_OVERLAY: dict[str, Any] = {
+    "pretrain": {"epochs": 8, "max_images": 6144, "batch_size": 256},
+    "posttrain": {
+        "out_dir": "runs/demo",
+        "epochs": 8,
+        "label_fraction": 0.1,
+        "batch_size": 128,
+        "val_images": 2000,
+        "eval": {"max_train_images": 20000, "max_test_images": 5000},
+    },
+}
+
+__all__ = [
+    "DEMO_OVERLAY",
+    "DataConfig",
+    "DemoConfig",
+    "EvalConfig",
+    "EvaluateConfig",
+    "PosttrainConfig",
+    "PretrainConfig",
+    "TrainerConfig",
+    "option",
+]

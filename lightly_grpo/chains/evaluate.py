@@ -1,0 +1,304 @@
+"""The evaluation chain: embed the train (kNN bank) and test splits, score, write the report.
+
+Every model is scored with :func:`lightly_grpo.evaluation.evaluate_against_bank` (kNN of the test
+split against the train bank, retrieval leave-one-out within the test split) plus the accuracy
+of its policy: the prototypes of a post-trained stage, or the nearest class mean of the train
+split for a plain backbone (the prototypes GRPO-RM would start from).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from lightly_grpo.backbones import load_backbone
+from lightly_grpo.chains.config import DataConfig, EvalConfig, EvaluateConfig
+from lightly_grpo.chains.runtime import resolve_device
+from lightly_grpo.data import (
+    eval_transform,
+    images_for_display,
+    make_loader,
+    random_subset,
+    resolve_dataset,
+    subset,
+)
+from lightly_grpo.embedding import EmbedFn, class_means, embed_loader, eval_mode
+from lightly_grpo.evaluation import RetrievalResult, evaluate_against_bank
+from lightly_grpo.report import write_report
+
+#: Maps L2-normalised (N, D) CPU embeddings to (N,) predicted classes.
+PolicyFn = Callable[[Tensor], Tensor]
+
+
+def eval_split(data: DataConfig, split: str) -> Any:
+    """A split of the configured dataset through the deterministic eval transform."""
+    transform = eval_transform(data.input_size, data.in_channels)
+    return resolve_dataset(data.dataset, split, transform, root=data.data_root)
+
+
+@dataclass
+class EvaluationData:
+    """The train (kNN bank) and test splits that every model is evaluated on."""
+
+    train: Dataset[Any]
+    test: Dataset[Any]
+    class_names: list[str]
+    display_test: Dataset[Any]  # the test split without transform, for the retrieval grid
+    test_indices: np.ndarray
+
+
+def evaluation_data(data: DataConfig, cfg: EvalConfig) -> EvaluationData:
+    """Loads the train/test splits with the eval transform, subsampled as configured."""
+    train = eval_split(data, "train")
+    test = eval_split(data, "test")
+    test_indices = np.arange(len(test))
+    if cfg.max_test_images is not None and cfg.max_test_images < len(test):
+        test_indices = random_subset(len(test), cfg.max_test_images, data.seed + 1)
+    return EvaluationData(
+        train=subset(train, cfg.max_train_images, data.seed + 2),
+        test=Subset(test, test_indices.tolist()),
+        class_names=list(getattr(train, "classes", [])),
+        display_test=resolve_dataset(data.dataset, "test", None, root=data.data_root),
+        test_indices=test_indices,
+    )
+
+
+@dataclass
+class EmbeddingEvaluation:
+    """One model's evaluation: its metrics, and the test embeddings the report maps.
+
+    Attributes:
+        result: kNN, retrieval and ``policy_accuracy`` metrics with per-class values and the
+            test queries' leave-one-out neighbours.
+        embeddings: (Q, D) L2-normalised test embeddings (CPU).
+        labels: (Q,) test labels.
+    """
+
+    result: RetrievalResult
+    embeddings: Tensor
+    labels: Tensor
+
+
+def backbone_embed_fn(backbone: nn.Module) -> EmbedFn:
+    """Embedding function of a plain backbone (flattened features; call it in eval mode)."""
+    return lambda images: backbone(images).flatten(start_dim=1)
+
+
+def class_means_accuracy(
+    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int
+) -> float:
+    """Accuracy of the nearest-class-mean policy (the prototypes GRPO-RM starts from).
+
+    Examples:
+        >>> train = (torch.eye(2), torch.tensor([0, 1]))
+        >>> class_means_accuracy(train, (torch.tensor([[0.9, 0.1]]), torch.tensor([0])), 2)
+        1.0
+    """
+    keys, _ = class_means(train[0], train[1], num_classes)
+    return float(((test[0] @ keys.t()).argmax(1) == test[1]).float().mean())
+
+
+def evaluate_embeddings(
+    name: str,
+    embed: EmbedFn,
+    data: EvaluationData,
+    cfg: EvalConfig,
+    device: torch.device,
+    policy: PolicyFn | None = None,
+) -> EmbeddingEvaluation:
+    """kNN (test against train), retrieval (leave-one-out within test) and policy accuracy.
+
+    Args:
+        name: The model's name (progress bars).
+        embed: Maps an image batch on ``device`` to (B, D) embeddings; call in eval mode.
+        data: The splits.
+        cfg: Batch size of the embedding.
+        device: Where the images go.
+        policy: The model's class prediction from normalised embeddings; None scores the
+            nearest class mean of the train split.
+    """
+
+    def embed_split(dataset: Dataset[Any], split: str) -> tuple[Tensor, Tensor]:
+        loader = make_loader(dataset, cfg.batch_size, shuffle=False)
+        embeddings, labels = embed_loader(embed, loader, device, True, f"{name}: {split} split")
+        assert labels is not None  # embed_loader requires labels by default
+        return embeddings, labels
+
+    train = embed_split(data.train, "train")
+    test = embed_split(data.test, "test")
+    result = evaluate_against_bank(test[0], test[1], train[0], train[1], progress=True)
+    if policy is not None:
+        accuracy = float((policy(test[0]) == test[1]).float().mean())
+    else:
+        num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)
+        accuracy = class_means_accuracy(train, test, num_classes)
+    result.metrics["policy_accuracy"] = accuracy
+    return EmbeddingEvaluation(result=result, embeddings=test[0], labels=test[1])
+
+
+def retrieval_examples(
+    evaluation: EmbeddingEvaluation, data: EvaluationData, num_queries: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Query images with their top-8 leave-one-out results, for the report's grid."""
+    rng = np.random.default_rng(seed)
+    count = min(num_queries, len(data.test_indices))
+    queries = np.sort(rng.choice(len(data.test_indices), size=count, replace=False))
+    neighbors = evaluation.result.neighbors.numpy()[queries, :8]
+    labels = evaluation.labels.numpy()
+    shown = data.test_indices
+    return {
+        "query_images": images_for_display(data.display_test, shown[queries]),
+        "query_labels": labels[queries],
+        "result_images": np.stack(
+            [images_for_display(data.display_test, shown[row]) for row in neighbors]
+        ),
+        "result_labels": labels[neighbors],
+    }
+
+
+def report_models(
+    evaluations: Mapping[str, EmbeddingEvaluation],
+    data: EvaluationData,
+    out_dir: Path,
+    title: str,
+    history: list[dict[str, float]] | None,
+    config: dict[str, Any],
+    grid_queries: int,
+) -> Path:
+    """Writes metrics.json and report.html/.md for one or more evaluated models."""
+    return write_report(
+        out_dir,
+        title=title,
+        metrics={name: e.result.metrics for name, e in evaluations.items()},
+        per_class={name: e.result.per_class for name, e in evaluations.items()},
+        history=history,
+        embeddings={
+            name: (e.embeddings.numpy(), e.labels.numpy()) for name, e in evaluations.items()
+        },
+        retrieval={
+            name: retrieval_examples(e, data, grid_queries) for name, e in evaluations.items()
+        },
+        class_names=data.class_names or None,
+        config=config,
+    )
+
+
+@dataclass
+class RunOutputs:
+    """What a chain wrote and measured.
+
+    Attributes:
+        results: Model name -> its metrics (empty when the run did not evaluate).
+        report: ``report.html``, when written.
+        checkpoint: The Lightning checkpoint of a training run.
+        backbone: The exported backbone of a training run (``load_backbone`` reads it).
+        history: Per-epoch logged metrics of a training run (see ``EpochHistory``).
+    """
+
+    results: dict[str, RetrievalResult] = field(default_factory=dict)
+    report: Path | None = None
+    checkpoint: Path | None = None
+    backbone: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Model name -> metric name -> value."""
+        return {name: dict(result.metrics) for name, result in self.results.items()}
+
+    def __getitem__(self, key: str) -> Any:
+        """The dict the chains returned before (``out["metrics"]``); deprecated."""
+        warnings.warn(
+            f"chain outputs are a RunOutputs object now: use .{key} instead of [{key!r}]",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        value = getattr(self, key)
+        return str(value) if isinstance(value, Path) else value
+
+
+def evaluate_run(cfg: EvaluateConfig) -> RunOutputs:
+    """Evaluates checkpoints (ours, a lightly recipe's, or a plain state dict) side by side.
+
+    Examples:
+        >>> evaluate_run(EvaluateConfig(checkpoints=["a.ckpt"]))  # doctest: +SKIP
+
+    Raises:
+        ValueError: Without checkpoints, or with a different number of names.
+    """
+    if not cfg.checkpoints:
+        raise ValueError("evaluate needs at least one checkpoint, got none")
+    names = cfg.names or [Path(c).stem for c in cfg.checkpoints]
+    if len(names) != len(cfg.checkpoints):
+        raise ValueError(f"got {len(names)} names for {len(cfg.checkpoints)} checkpoints")
+    if len(set(names)) != len(names):
+        names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
+    device = resolve_device(cfg.device)
+    eval_data = evaluation_data(cfg.data, cfg.eval)
+    evaluations = {}
+    for name, checkpoint in zip(names, cfg.checkpoints, strict=True):
+        backbone = load_backbone(checkpoint, cfg.architecture, in_channels=cfg.data.in_channels)
+        with eval_mode(backbone.to(device)):
+            evaluations[name] = evaluate_embeddings(
+                name, backbone_embed_fn(backbone), eval_data, cfg.eval, device
+            )
+    report = report_models(
+        evaluations,
+        eval_data,
+        Path(cfg.out_dir),
+        "Embedding evaluation report",
+        None,
+        asdict(cfg),
+        cfg.eval.grid_queries,
+    )
+    (Path(cfg.out_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return RunOutputs(results={n: e.result for n, e in evaluations.items()}, report=report)
+
+
+def evaluate_checkpoints(
+    checkpoints: list[str],
+    out_dir: str,
+    architecture: str = "resnet18_small",
+    data: DataConfig | None = None,
+    cfg: EvalConfig | None = None,
+    names: list[str] | None = None,
+    device: str = "auto",
+) -> RunOutputs:
+    """:func:`evaluate_run` with the settings as arguments (the signature of earlier versions)."""
+    return evaluate_run(
+        EvaluateConfig(
+            checkpoints=list(checkpoints),
+            names=names,
+            architecture=architecture,
+            out_dir=out_dir,
+            device=device,
+            data=data or DataConfig(),
+            eval=cfg or EvalConfig(),
+        )
+    )
+
+
+__all__ = [
+    "EmbeddingEvaluation",
+    "EvaluationData",
+    "PolicyFn",
+    "RunOutputs",
+    "backbone_embed_fn",
+    "class_means_accuracy",
+    "eval_split",
+    "evaluate_checkpoints",
+    "evaluate_embeddings",
+    "evaluate_run",
+    "evaluation_data",
+    "report_models",
+    "retrieval_examples",
+]

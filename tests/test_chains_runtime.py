@@ -1,0 +1,85 @@
+"""The chains' runtime: the per-epoch history from a real Lightning fit, device lookup, the
+``lightly_grpo.pipeline`` shim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightly_grpo.chains import EpochHistory, RunOutputs, TrainerConfig, make_trainer
+from lightly_grpo.chains.runtime import resolve_device
+
+
+class _Regression(pl.LightningModule):
+    """Logs a per-step train metric (epoch mean too), a step-only one and a val metric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = nn.functional.mse_loss(self.layer(x).squeeze(1), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True)
+        self.log("lr_only_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", nn.functional.mse_loss(self.layer(x).squeeze(1), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_epoch_history_matches_the_csv_log(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64, 4), torch.randn(64))
+    history = EpochHistory()
+    trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 3, [history])
+    trainer.fit(_Regression(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=16))
+    assert trainer.logger is not None and trainer.logger.log_dir is not None
+    with pytest.deprecated_call():
+        from lightly_grpo.pipeline import history_rows
+
+        logged = history_rows(Path(trainer.logger.log_dir) / "metrics.csv")
+    # the same epochs and the same epoch aggregates, this epoch's (not the previous one's)
+    assert [row["epoch"] for row in history.rows] == [1.0, 2.0, 3.0]
+    assert len(logged) == 3
+    for ours, csv_row in zip(history.rows, logged, strict=True):
+        assert set(ours) == {"epoch", "train/loss", "val/loss"}
+        for key, value in csv_row.items():
+            assert ours[key] == pytest.approx(value, rel=1e-6), key
+    assert history.rows[0]["train/loss"] != history.rows[-1]["train/loss"]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_devices_are_resolved_by_lightning() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="'no-such-device'"):
+        resolve_device("no-such-device")
+
+
+def test_pipeline_shim_keeps_old_names_and_warns_on_removed_ones() -> None:
+    from lightly_grpo import chains, pipeline
+
+    assert pipeline.PosttrainConfig is chains.PosttrainConfig
+    assert pipeline.evaluate_checkpoints is chains.evaluate_checkpoints
+    assert pipeline.DataConfig().dataset == "default"
+    dataset = TensorDataset(torch.randn(10, 3), torch.arange(10))
+    with pytest.deprecated_call():
+        embeddings, labels = pipeline.embed_dataset(
+            nn.Identity(), dataset, 4, torch.device("cpu"), "test"
+        )
+    assert embeddings.shape == (10, 3) and labels.tolist() == list(range(10))
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(10))
+    with pytest.deprecated_call():
+        assert RunOutputs(report=Path("r.html"))["report"] == "r.html"
