@@ -14,12 +14,13 @@ itself with :func:`register_reward` so that configs can name it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightly_grpo.registry import Registry
 
 
 @dataclass
@@ -51,19 +52,9 @@ class RewardInputs:
         return self.extras[name]
 
 
-_REWARDS: dict[str, type[Reward]] = {}
-_R = TypeVar("_R", bound="type[Reward]")
-
-
-def register_reward(name: str) -> Callable[[_R], _R]:
-    """Class decorator: :func:`reward_from_config` rebuilds the reward from ``{"type": name}``."""
-
-    def decorate(cls: _R) -> _R:
-        _REWARDS[name] = cls
-        cls.type_name = name
-        return cls
-
-    return decorate
+_REWARDS: Registry[Reward] = Registry("reward")
+#: Class decorator: :func:`reward_from_config` rebuilds the reward from ``{"type": name}``.
+register_reward = _REWARDS.register
 
 
 class Reward(ABC):
@@ -112,13 +103,7 @@ def reward_from_config(config: dict[str, Any] | Reward) -> Reward:
     """
     if isinstance(config, Reward):
         return config
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"a reward config is a dict with a 'type' key, got {config!r}")
-    kwargs = {k: v for k, v in config.items() if k != "type"}
-    name = config["type"]
-    if name not in _REWARDS:
-        raise ValueError(f"unknown reward type {name!r}; known: {sorted(_REWARDS)}")
-    return _REWARDS[name](**kwargs)
+    return _REWARDS.build(config)
 
 
 @register_reward("sum")
@@ -188,7 +173,7 @@ class AccuracyReward(Reward):
 class UniformityReward(Reward):
     """Penalises wrong outputs; correct outputs get 0.
 
-    Two forms (DESIGN.md 1.2):
+    Two forms (``docs/method.md``, "Rewards"):
 
     - ``"policy"``: r = -weight * pi_old(i | x). Confident mistakes are punished harder.
     - ``"similarity"``: r = -weight * max(<z, k_i>, 0). Pushes away from wrong keys in embedding

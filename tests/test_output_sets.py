@@ -42,7 +42,7 @@ def test_interface_state_and_config_round_trip() -> None:
     assert isinstance(rebuilt, ClassPrototypes) and rebuilt.num_outputs == 3
     rebuilt.load_state_dict(prototypes.state_dict())  # state (keys, reference keys) in state_dict
     assert torch.equal(rebuilt.keys(), prototypes.keys())
-    with pytest.raises(ValueError, match="unknown output set config"):
+    with pytest.raises(ValueError, match="unknown output set type"):
         output_set_from_config({"type": "nope"})
     with pytest.raises(ValueError, match="needs class labels"):
         prototypes.group(torch.randn(2, 4), None)

@@ -35,6 +35,7 @@ from lightly_grpo.data import (
     subset,
 )
 from lightly_grpo.embedding import eval_mode
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.rewards import build_reward
 from lightly_grpo.stage import GRPORMStage
 
@@ -90,24 +91,28 @@ def validation_loader(cfg: PosttrainConfig) -> DataLoader[Any] | None:
 def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> GRPORMStage:
     """The GRPORMStage for a config: the one place that maps settings to the stage.
 
-    The embedding size is measured with one dummy image.
+    The criterion (class prototypes as the output set, the configured reward) is built here and
+    given to the stage; the embedding size is measured with one dummy image.
     """
     shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
-    return GRPORMStage(
-        backbone,
-        num_classes=num_classes,
-        embedding_size=backbone_output_dim(backbone, shape),
+    criterion = GRPORMClassificationLoss(
+        num_classes,
+        backbone_output_dim(backbone, shape),
         temperature=cfg.temperature,
         reward=build_reward(cfg.accuracy_reward, cfg.uniformity_reward, cfg.uniformity_form),
         clip_eps=cfg.clip_eps,
         beta=cfg.beta,
-        inner_steps=cfg.inner_steps,
         group_size=cfg.group_size,
+        compile_math=cfg.compile_loss,
+    )
+    return GRPORMStage(
+        backbone,
+        criterion=criterion,
+        inner_steps=cfg.inner_steps,
         lr_backbone=cfg.lr_backbone,
         lr_prototypes=cfg.lr_prototypes,
         weight_decay=cfg.weight_decay,
         batchnorm=cfg.batchnorm,
-        compile_loss=cfg.compile_loss,
     )
 
 
@@ -123,6 +128,7 @@ def fit_stage(
     device = trainer.strategy.root_device
     stage.to(device).init_prototypes(labeled.init)
     started = time.perf_counter()
+    stage.train()  # a loaded backbone arrives in eval mode
     trainer.fit(stage, labeled.train, validation_loader(cfg))
     seconds = time.perf_counter() - started
     stage.to(device)  # Lightning's teardown moves the module back to the CPU

@@ -18,13 +18,14 @@ with :func:`register_output_set` so configs and checkpoints can name it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightly_grpo.registry import Registry
 
 
 @dataclass
@@ -185,26 +186,11 @@ class KeyedOutputSet(OutputSet):
         return self.similarities(embeddings).argmax(dim=1)
 
 
-_OUTPUT_SETS: dict[str, type[OutputSet]] = {}
-_O = TypeVar("_O", bound="type[OutputSet]")
-
-
-def register_output_set(name: str) -> Callable[[_O], _O]:
-    """Class decorator: :func:`output_set_from_config` builds the set from ``{"type": name}``."""
-
-    def decorate(cls: _O) -> _O:
-        _OUTPUT_SETS[name] = cls
-        cls.type_name = name
-        return cls
-
-    return decorate
+_OUTPUT_SETS: Registry[OutputSet] = Registry("output set")
+#: Class decorator: :func:`output_set_from_config` builds the set from ``{"type": name}``.
+register_output_set = _OUTPUT_SETS.register
 
 
 def output_set_from_config(config: dict[str, Any]) -> OutputSet:
     """Builds an (untrained) output set from :meth:`OutputSet.config`."""
-    if not isinstance(config, dict) or config.get("type") not in _OUTPUT_SETS:
-        raise ValueError(
-            f"unknown output set config {config!r}; known types: {sorted(_OUTPUT_SETS)}"
-        )
-    kwargs = {k: v for k, v in config.items() if k != "type"}
-    return _OUTPUT_SETS[config["type"]](**kwargs)
+    return _OUTPUT_SETS.build(config)
