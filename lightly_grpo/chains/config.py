@@ -15,6 +15,7 @@ A run folder's ``config.json`` is :func:`dataclasses.asdict` of its config and l
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,18 @@ from lightly_grpo.data import POSTTRAIN_AUGMENTATIONS
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.pretrain import PRETRAIN_METHODS
 from lightly_grpo.rewards import UniformityReward
-from lightly_grpo.stage import BATCHNORM_MODES
+from lightly_grpo.stage import BATCHNORM_MODES, GRPORMStage
+
+_STAGE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(GRPORMStage.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
+def stage_option(name: str, help: str, **kwargs: Any) -> Any:
+    """An :func:`option` whose default is ``GRPORMStage``'s own: the value is declared once."""
+    return option(_STAGE_DEFAULTS[name], help, **kwargs)
 
 
 def option(
@@ -119,21 +131,25 @@ class PosttrainConfig:
         "labeled-image augmentation: none, light (crop + flip) or simclr (two views)",
         choices=POSTTRAIN_AUGMENTATIONS,
     )
-    temperature: float = option(0.1, "policy temperature (similarity / T)")
+    temperature: float = stage_option("temperature", "policy temperature (similarity / T)")
     accuracy_reward: float = option(1.0, "weight of the accuracy reward")
     uniformity_reward: float = option(1.0, "lambda of the uniformity reward; 0 disables")
     uniformity_form: str = option(
         "policy", "form of the uniformity reward", choices=UniformityReward.FORMS
     )
-    clip_eps: float = option(0.2, "PPO clip epsilon (acts with --inner-steps > 1)")
-    beta: float = option(0.0, "reference KL weight")
-    inner_steps: int = option(1, "optimizer steps per batch")
-    group_size: int | None = option(None, "outputs per group ('none' for all classes)")
-    lr_backbone: float = option(1e-4, "backbone learning rate")
-    lr_prototypes: float = option(1e-3, "prototype learning rate")
-    weight_decay: float = option(1e-2, "AdamW weight decay")
-    batchnorm: str = option("freeze", "BatchNorm statistics policy", choices=BATCHNORM_MODES)
-    compile_loss: bool = option(False, "torch.compile the loss's fused math")
+    clip_eps: float = stage_option("clip_eps", "PPO clip epsilon (acts with --inner-steps > 1)")
+    beta: float = stage_option("beta", "reference KL weight")
+    inner_steps: int = stage_option("inner_steps", "optimizer steps per batch")
+    group_size: int | None = stage_option(
+        "group_size", "outputs per group ('none' for all classes)"
+    )
+    lr_backbone: float = stage_option("lr_backbone", "backbone learning rate")
+    lr_prototypes: float = stage_option("lr_prototypes", "prototype learning rate")
+    weight_decay: float = stage_option("weight_decay", "AdamW weight decay")
+    batchnorm: str = stage_option(
+        "batchnorm", "BatchNorm statistics policy", choices=BATCHNORM_MODES
+    )
+    compile_loss: bool = stage_option("compile_loss", "torch.compile the loss's fused math")
     val_images: int | None = option(
         2000, "test images for the per-epoch policy accuracy curve (0 disables, 'all')"
     )
