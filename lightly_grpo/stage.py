@@ -189,9 +189,6 @@ class GRPORMStage(PostTrainingModule):
             self.reference.eval()  # never in training mode: its BN statistics stay as pretrained
         return self
 
-    def policy_modules(self) -> nn.ModuleList:
-        return nn.ModuleList([self.backbone, self.head])
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = unpack_batch(batch, require_labels=self.requires_labels)
