@@ -116,8 +116,8 @@ class PostTrainingModule(pl.LightningModule):
         self, loader: Iterable[Any], progress: bool = False, desc: str = "embedding"
     ) -> tuple[Tensor, Tensor]:
         """Embeds a labeled loader in eval mode; returns (embeddings, labels) on the CPU."""
-        with eval_mode(self):
-            embeddings, labels = embed_loader(self.embed, loader, self.device, progress, desc)
+        with eval_mode(self):  # embed_loader normalises: give it the unnormalised forward
+            embeddings, labels = embed_loader(self.forward, loader, self.device, progress, desc)
         assert labels is not None  # require_labels=True raised otherwise
         return embeddings, labels
 

@@ -200,16 +200,17 @@ class GRPORMStage(PostTrainingModule):
         loss = images.new_zeros(())
         for step in range(self.inner_steps):
             embeddings = self(images)  # validated (NaN/inf, labels) inside the criterion
-            if step == 0:
+            if step == 0 and (self.reference is not None or self.inner_steps > 1):
+                # One detached pass over the whole group serves the reference policy, the frozen
+                # old policy and the group sample (once per batch, as GRPO samples per prompt).
+                full = self.criterion.old_policy(embeddings, labels)
                 if self.reference is not None:
                     with torch.no_grad():
                         ref_embeddings = self.reference(images)
-                    ref_logits = self.criterion.reference_logits(ref_embeddings, embeddings, labels)
+                    ref_logits = self.criterion.reference_logits(ref_embeddings, full)
                 if self.inner_steps > 1:
-                    # Frozen old policy and one sampled group for all inner steps, as GRPO
-                    # samples once per prompt.
-                    old_logits = self.criterion.logits(embeddings.detach(), labels)
-                    group_index = self.criterion.sample_group_index(old_logits, embeddings, labels)
+                    old_logits = full.similarities / self.criterion.temperature
+                    group_index = self.criterion.sample_group_index(old_logits, full.correct)
             loss, stats = self.criterion.forward_with_stats(
                 embeddings, labels, old_logits, ref_logits, group_index
             )

@@ -106,8 +106,9 @@ def test_fused_path_loss_value_matches_a_hand_computation(lam: float) -> None:
 def test_sampled_group_index_keeps_the_true_class_and_is_reused_as_given() -> None:
     criterion = GRPORMPolicyLoss(ClassPrototypes(10, 4), group_size=3)
     embeddings, labels = torch.randn(5, 4), torch.randint(0, 10, (5,))
-    old_logits = criterion.logits(embeddings)
-    index = criterion.sample_group_index(old_logits, embeddings, labels)
+    full = criterion.old_policy(embeddings, labels)
+    old_logits = full.similarities / criterion.temperature
+    index = criterion.sample_group_index(old_logits, full.correct)
     assert index is not None and index.shape == (5, 3)
     assert (index == labels[:, None]).any(dim=1).all()  # the true class is always in the group
     losses = {float(criterion(embeddings, labels, old_logits, group_index=index)) for _ in range(5)}

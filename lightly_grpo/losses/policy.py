@@ -131,22 +131,29 @@ class GRPORMPolicyLoss(nn.Module):
         return self.output_set.group(embeddings, labels).similarities / self.temperature
 
     @torch.no_grad()
-    def sample_group_index(
-        self, old_logits: Tensor, embeddings: Tensor, labels: Tensor | None = None
-    ) -> Tensor | None:
-        """Indices (B, G) of a group sampled from old logits over the whole set (None: none)."""
+    def old_policy(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+        """The whole group of every query without gradient: one call gives the old logits
+        (``similarities / temperature``), the correct mask for sampling and the indices the
+        reference policy is scored on."""
+        return self.output_set.group(embeddings.detach(), labels)
+
+    @torch.no_grad()
+    def sample_group_index(self, old_logits: Tensor, correct: Tensor) -> Tensor | None:
+        """Indices (B, G) of a group sampled from old logits over the whole set (None: none).
+
+        Args:
+            old_logits: Old-policy logits over each query's whole group (B, G_full).
+            correct: The correct mask of that group (B, G_full), always kept in the sample.
+        """
         if self.group_size is None or self.group_size >= old_logits.shape[1]:
             return None
-        correct = self.output_set.group(embeddings.detach(), labels).correct
         return sample_group(old_logits, correct, self.group_size)
 
-    def reference_logits(
-        self, ref_embeddings: Tensor, embeddings: Tensor, labels: Tensor | None = None
-    ) -> Tensor:
-        """Reference-policy logits over the whole group of each query (no gradient)."""
-        with torch.no_grad():
-            group = self.output_set.group(embeddings.detach(), labels)
-            return self.output_set.reference_similarities(ref_embeddings, group) / self.temperature
+    @torch.no_grad()
+    def reference_logits(self, ref_embeddings: Tensor, group: OutputGroup) -> Tensor:
+        """Reference-policy logits (no gradient) over the candidates of ``group``
+        (from :meth:`old_policy`)."""
+        return self.output_set.reference_similarities(ref_embeddings, group) / self.temperature
 
     # ------------------------------------------------------------------ the loss
     def forward(
