@@ -8,6 +8,7 @@ split for a plain backbone (the prototypes GRPO-RM would start from).
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,7 +32,13 @@ from lightly_grpo.data import (
     resolve_dataset,
     subset,
 )
-from lightly_grpo.embedding import EmbedFn, class_means, embed_loader, eval_mode
+from lightly_grpo.embedding import (
+    EmbedFn,
+    backbone_features,
+    class_means,
+    embed_loader,
+    eval_mode,
+)
 from lightly_grpo.evaluation import RetrievalResult, evaluate_against_bank
 from lightly_grpo.report import write_report
 
@@ -90,7 +97,7 @@ class EmbeddingEvaluation:
 
 def backbone_embed_fn(backbone: nn.Module) -> EmbedFn:
     """Embedding function of a plain backbone (flattened features; call it in eval mode)."""
-    return lambda images: backbone(images).flatten(start_dim=1)
+    return functools.partial(backbone_features, backbone, None)
 
 
 def class_means_accuracy(
