@@ -7,7 +7,7 @@ The method is defined in ``docs/method.md``; the layout and where new parts go i
 from __future__ import annotations
 
 from lightly_grpo.backbones import build_backbone, export_backbone, load_backbone
-from lightly_grpo.baselines import CrossEntropyBaseline, MetricLossBaseline
+from lightly_grpo.baselines import CrossEntropyBaseline, LinearProbeBaseline, MetricLossBaseline
 from lightly_grpo.callbacks import RetrievalEvaluationCallback
 from lightly_grpo.evaluation import RetrievalEvaluator, RetrievalResult, make_knn_func
 from lightly_grpo.index import knn_search, spherical_kmeans
@@ -29,6 +29,7 @@ __all__ = [
     "AccuracyReward",
     "ClassPrototypes",
     "CrossEntropyBaseline",
+    "LinearProbeBaseline",
     "GRPORMClassificationLoss",
     "GRPORMLoss",
     "GRPORMPolicyLoss",

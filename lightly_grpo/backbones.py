@@ -21,13 +21,18 @@ from typing import Any
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.models.vision_transformer import VisionTransformer
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "backbone."
+#: Where a teacher-student module (lightly_grpo's DINO) keeps its momentum teacher's backbone.
+TEACHER_BACKBONE_PREFIX = "teacher_backbone."
 KNOWN_ARCHITECTURES = (
     "resnet18_small",
     "resnet18_small_cifar",
+    "vit_small",
     "torchvision:<name>",
     "lightly:<torchvision resnet name>",
 )
@@ -77,6 +82,103 @@ def resnet18_small(in_channels: int = 1, stem: str = "imagenet") -> torchvision.
     # Same init torchvision gives its own convolutions.
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.fc = nn.Identity()
+    return model
+
+
+class SmallViT(VisionTransformer):
+    """torchvision's ``VisionTransformer`` that also embeds images of other sizes.
+
+    The position embeddings learnt for the ``image_size`` grid are interpolated (bicubic) to the
+    patch grid of the input, as DINO's own ViT does, so one backbone takes the full-size global
+    views and the smaller local views. The patch convolution floors, so the border pixels that do
+    not fill a whole patch are dropped. Returns the class token's features, (B, hidden_dim).
+
+    Examples:
+        >>> model = vit_small(in_channels=1, image_size=28, patch_size=4)
+        >>> model(torch.zeros(2, 1, 28, 28)).shape, model(torch.zeros(2, 1, 14, 14)).shape
+        (torch.Size([2, 192]), torch.Size([2, 192]))
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or min(x.shape[-2:]) < self.patch_size:
+            raise ValueError(
+                f"SmallViT needs (B, C, H, W) images of at least {self.patch_size} pixels (the "
+                f"patch size) per side, got shape {tuple(x.shape)}"
+            )
+        patches = self.conv_proj(x)  # (B, hidden, grid_h, grid_w)
+        tokens = patches.flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + self._position_embedding(patches.shape[-2], patches.shape[-1])
+        # The encoder's own forward adds the native-size embedding; run its parts instead.
+        encoder = self.encoder
+        tokens = encoder.ln(encoder.layers(encoder.dropout(tokens)))
+        return self.heads(tokens[:, 0])
+
+    def _position_embedding(self, grid_h: int, grid_w: int) -> Tensor:
+        embedding: Tensor = self.encoder.pos_embedding  # (1, 1 + native**2, hidden)
+        native = self.image_size // self.patch_size
+        if (grid_h, grid_w) == (native, native):
+            return embedding
+        cls_token, patches = embedding[:, :1], embedding[:, 1:]
+        patches = patches.reshape(1, native, native, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([cls_token, patches.flatten(2).transpose(1, 2)], dim=1)
+
+
+def vit_small(
+    in_channels: int = 1,
+    image_size: int = 28,
+    patch_size: int = 4,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    hidden_dim: int = 192,
+    mlp_dim: int = 768,
+) -> SmallViT:
+    """A small torchvision Vision Transformer (random init) for 28 px images: (B, hidden_dim).
+
+    Far smaller than the ViT-S of the DINO paper (4 layers, not 12; width 192, not 384) so that
+    it trains on a CPU. ``image_size`` is the size the position embeddings are learnt for
+    (Fashion-MNIST's native 28 px); other input sizes work through interpolated embeddings (see
+    :class:`SmallViT`), so ``--input-size`` need not be 28, though 28 is the natural choice.
+
+    Args:
+        in_channels: Channels of the input images (the patch convolution is built for them).
+        image_size: Side of the images the position embeddings are laid out for; a multiple of
+            ``patch_size``.
+        patch_size: Side of the square patches.
+        num_layers: Transformer blocks.
+        num_heads: Attention heads per block (must divide ``hidden_dim``).
+        hidden_dim: Token width, which is the feature dimension.
+        mlp_dim: Hidden width of each block's MLP.
+
+    Raises:
+        ValueError: For ``in_channels < 1`` or an ``image_size`` that is not a multiple of
+            ``patch_size``.
+
+    Examples:
+        >>> vit_small(in_channels=3)(torch.zeros(2, 3, 28, 28)).shape
+        torch.Size([2, 192])
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if patch_size < 1 or image_size % patch_size:
+        raise ValueError(
+            f"image_size must be a multiple of patch_size, got image_size={image_size}, "
+            f"patch_size={patch_size}"
+        )
+    model = SmallViT(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+    )
+    model.conv_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
+    # Same init torchvision gives its own patch convolution.
+    nn.init.trunc_normal_(model.conv_proj.weight, std=(1 / (in_channels * patch_size**2)) ** 0.5)
+    nn.init.zeros_(model.conv_proj.bias)
+    model.heads = nn.Identity()
     return model
 
 
@@ -233,13 +335,15 @@ def build_backbone(
         architecture: One of :data:`KNOWN_ARCHITECTURES`:
 
             - ``"resnet18_small"`` (7x7 stem) or ``"resnet18_small_cifar"`` (3x3 stem);
+            - ``"vit_small"``, a 4-layer Vision Transformer for 28 px images, see
+              :func:`vit_small`;
             - ``"torchvision:<name>"`` for any torchvision classification model (e.g.
               ``"torchvision:resnet50"``), whose classifier is replaced by ``nn.Identity``;
             - ``"lightly:<name>"`` for the ``nn.Sequential`` ResNet of lightly's examples
               (e.g. ``"lightly:resnet18"``), see :func:`lightly_resnet`.
         in_channels: Channels of the input images; torchvision models get their first
             convolution rebuilt when this is not 3.
-        **kwargs: Passed to ``resnet18_small`` or ``torchvision.models.get_model``.
+        **kwargs: Passed to ``resnet18_small``, ``vit_small`` or ``torchvision.models.get_model``.
 
     Raises:
         ValueError: For an unknown architecture.
@@ -254,6 +358,8 @@ def build_backbone(
         return resnet18_small(in_channels, **kwargs)
     if architecture == "resnet18_small_cifar":
         return resnet18_small(in_channels, stem="cifar", **kwargs)
+    if architecture == "vit_small":
+        return vit_small(in_channels, **kwargs)
     source, _, name = architecture.partition(":")
     if source == "lightly" and name:
         return lightly_resnet(name, in_channels, **kwargs)
@@ -298,6 +404,9 @@ def extract_backbone_state_dict(
 
 
 def _auto_extract(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    # A teacher-student module (DINO) is evaluated through its momentum teacher, as DINO does.
+    if any(k.startswith(TEACHER_BACKBONE_PREFIX) for k in state_dict):
+        return extract_backbone_state_dict(state_dict, TEACHER_BACKBONE_PREFIX)
     # A Lightning / lightly module names its backbone `backbone`; DDP wraps in `module.`.
     if any(k.startswith(BACKBONE_PREFIX) for k in state_dict):
         return extract_backbone_state_dict(state_dict, BACKBONE_PREFIX)
@@ -378,8 +487,10 @@ def load_backbone(
             ``nn.Sequential(*resnet18().children()[:-1])``) or a module to load the weights
             into.
         in_channels: Input channels of the built architecture.
-        prefix: Key prefix of the backbone weights (e.g. ``"teacher_backbone."``). By
-            default keys under ``backbone.`` are taken if there are any, else all keys.
+        prefix: Key prefix of the backbone weights (e.g. ``"backbone."`` for a DINO
+            checkpoint's student). By default the keys under ``teacher_backbone.`` (a DINO
+            checkpoint's teacher) are taken if there are any, else those under ``backbone.``,
+            else all keys.
         strict: If True, any missing, unexpected or wrongly shaped key is an error; if
             False those are skipped with a warning in the log.
         map_location: Passed to ``torch.load``.
@@ -492,6 +603,7 @@ def export_backbone(
 __all__ = [
     "BACKBONE_PREFIX",
     "KNOWN_ARCHITECTURES",
+    "SmallViT",
     "backbone_output_dim",
     "build_backbone",
     "export_backbone",
@@ -500,4 +612,5 @@ __all__ = [
     "load_backbone",
     "resnet18_small",
     "strip_classifier",
+    "vit_small",
 ]

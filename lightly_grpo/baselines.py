@@ -6,12 +6,14 @@ backbone handling, BatchNorm policy, AdamW parameter groups, schedule and loggin
 
 - :class:`CrossEntropyBaseline`: cross-entropy fine-tuning of backbone + a linear head (the
   paper's baseline), or of the same cosine-prototype head GRPO-RM uses (``head="prototypes"``).
+- :class:`LinearProbeBaseline`: a linear classifier on the frozen backbone.
 - :class:`MetricLossBaseline`: fine-tuning with a pytorch-metric-learning loss, e.g.
   ``SupConLoss`` or ``ProxyAnchorLoss`` (whose proxies train in the criterion's group).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -70,6 +72,14 @@ class CrossEntropyBaseline(PostTrainingModule):
         self.temperature = float(temperature)
         self.save_hyperparameters(ignore=["backbone", "head"])
 
+    @torch.no_grad()
+    def init_criterion(self, loader: Iterable[Any], progress: bool = False) -> None:
+        """Puts the prototype head's keys at the class means (as GRPO-RM's prototypes start);
+        a linear head keeps its random initialisation."""
+        if isinstance(self.criterion, ClassPrototypes):
+            embeddings, labels = self.embed_loader(loader, progress, desc="initialising head")
+            self.criterion.initialize(embeddings.to(self.device), labels.to(self.device))
+
     def class_logits(self, embeddings: Tensor) -> Tensor:
         """Classifier logits (B, num_classes) of unnormalised embeddings."""
         if isinstance(self.criterion, ClassPrototypes):
@@ -87,8 +97,52 @@ class CrossEntropyBaseline(PostTrainingModule):
         return loss, {"accuracy": accuracy}
 
     @torch.no_grad()
-    def predict_classes(self, images: Tensor) -> Tensor:
-        return self.class_logits(self(images)).argmax(dim=1)
+    def classify_embeddings(self, embeddings: Tensor) -> Tensor:
+        return self.class_logits(embeddings).argmax(dim=1)
+
+
+class LinearProbeBaseline(CrossEntropyBaseline):
+    """A linear classifier trained with cross-entropy on the frozen backbone (the linear probe).
+
+    The backbone (and head) get no gradient and stay in eval mode, so their weights and
+    BatchNorm statistics are exactly the pretrained ones: the embeddings, and every kNN and
+    retrieval metric of them, are the pretrained backbone's; only the classifier accuracy is
+    the probe's own. It shares the loop, augmentation and schedule with the other methods.
+
+    Args:
+        backbone: Any module mapping images to (B, ...) features.
+        num_classes: Number of classes.
+        embedding_size: Dimension of the embeddings.
+        **kwargs: Settings of :class:`CrossEntropyBaseline` (``lr_criterion`` is the probe's
+            learning rate; ``lr_backbone`` is ignored).
+
+    Examples:
+        >>> from lightly_grpo.backbones import resnet18_small
+        >>> probe = LinearProbeBaseline(resnet18_small(), num_classes=10, embedding_size=512)
+        >>> [group["name"] for group in probe.parameter_groups()]
+        ['criterion']
+    """
+
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, embedding_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__(backbone, num_classes, embedding_size, classifier="linear", **kwargs)
+        for module in (self.backbone, self.head):
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LinearProbeBaseline:
+        super().train(mode)
+        # Frozen means frozen: BatchNorm and dropout of the backbone behave as at evaluation.
+        self.backbone.eval()
+        self.head.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return super().forward(images)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return [g for g in super().parameter_groups() if g["name"] == "criterion"]
 
 
 class MetricLossBaseline(PostTrainingModule):
@@ -109,6 +163,20 @@ class MetricLossBaseline(PostTrainingModule):
 
     def __init__(self, backbone: nn.Module, loss: nn.Module, **kwargs: Any) -> None:
         super().__init__(backbone, loss, **kwargs)
+
+    def can_predict_classes(self) -> bool:
+        # A proxy loss (ProxyAnchor, ProxyNCA) has one learned proxy per class: its classifier.
+        proxies = getattr(self.criterion, "proxies", None)
+        return isinstance(proxies, Tensor) and proxies.dim() == 2
+
+    @torch.no_grad()
+    def classify_embeddings(self, embeddings: Tensor) -> Tensor:
+        """The nearest proxy by cosine similarity (loss functions with class proxies only)."""
+        if not self.can_predict_classes():
+            raise NotImplementedError(f"{type(self.criterion).__name__} has no class proxies")
+        proxies = getattr(self.criterion, "proxies")  # noqa: B009 - an nn.Module attribute
+        proxies = F.normalize(proxies.to(embeddings), dim=1)
+        return (F.normalize(embeddings, dim=1) @ proxies.t()).argmax(dim=1)
 
     def compute_loss(
         self, images: Tensor, labels: Tensor | None

@@ -92,8 +92,9 @@ def embed_loader(
     desc: str = "embedding",
     max_items: int | None = None,
     require_labels: bool = True,
+    normalize: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Embeds every batch of ``loader`` into L2-normalised float32 CPU embeddings.
+    """Embeds every batch of ``loader`` into (L2-normalised) float32 CPU embeddings.
 
     The caller is responsible for eval mode (see :func:`eval_mode`); the first view of a
     multi-view batch is used.
@@ -106,6 +107,8 @@ def embed_loader(
         desc: The bar's label.
         max_items: Stop after this many items.
         require_labels: Raise on unlabeled batches; with False, labels are None when absent.
+        normalize: L2-normalise each embedding (False keeps what ``embed`` returns, e.g. for a
+            linear head that reads unnormalised features).
 
     Returns:
         ``(embeddings (N, D), labels (N,) int64 or None)``.
@@ -117,7 +120,8 @@ def embed_loader(
         images, targets = unpack_batch(batch, require_labels=require_labels, views="first")
         if device is not None:
             images = images.to(device)
-        chunks.append(F.normalize(embed(images).float(), dim=1).cpu())
+        embedded = embed(images).float()
+        chunks.append((F.normalize(embedded, dim=1) if normalize else embedded).cpu())
         if targets is not None:
             labels.append(targets.cpu())
         seen += len(images)

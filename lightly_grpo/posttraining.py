@@ -171,12 +171,23 @@ class PostTrainingModule(pl.LightningModule):
         raise NotImplementedError
 
     @torch.no_grad()
+    def init_criterion(self, loader: Iterable[Any], progress: bool = False) -> None:
+        """Initialises the criterion's parameters from the embeddings of labeled images (e.g.
+        prototypes at the class means), before training; the default does nothing."""
+
+    def classify_embeddings(self, embeddings: Tensor) -> Tensor:
+        """The model's own class prediction (its head or policy) from unnormalised embeddings
+        ``self(images)``, shape (B,). Models without a classifier raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} has no classifier of its own")
+
+    @torch.no_grad()
     def predict_classes(self, images: Tensor) -> Tensor:
         """The model's own class prediction for each image (its head or policy), shape (B,)."""
-        raise NotImplementedError(f"{type(self).__name__} does not predict classes")
+        return self.classify_embeddings(self(images))
 
     def can_predict_classes(self) -> bool:
-        return type(self).predict_classes is not PostTrainingModule.predict_classes
+        """Whether the model has a classifier of its own (:meth:`classify_embeddings`)."""
+        return type(self).classify_embeddings is not PostTrainingModule.classify_embeddings
 
     def optimizer_step_on(self, loss: Tensor) -> None:
         """One AdamW step on ``loss`` (manual optimisation)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl  # noqa: F401  (used in the docstring example)
 import torch
+import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
 
@@ -179,9 +180,14 @@ class GRPORMStage(PostTrainingModule):
         self.criterion.output_set.snapshot_reference()
 
     @torch.no_grad()
-    def predict_classes(self, images: Tensor) -> Tensor:
-        """The policy's argmax output for each image (the class, for class prototypes)."""
-        return self.criterion.output_set.predict(self.embed(images))
+    def init_criterion(self, loader: Iterable[Any], progress: bool = False) -> None:
+        """:meth:`init_prototypes`: what every method's set-up calls."""
+        self.init_prototypes(loader, progress)
+
+    @torch.no_grad()
+    def classify_embeddings(self, embeddings: Tensor) -> Tensor:
+        """The policy's argmax output for each embedding (the class, for class prototypes)."""
+        return self.criterion.output_set.predict(F.normalize(embeddings, dim=1))
 
     def train(self, mode: bool = True) -> GRPORMStage:
         super().train(mode)

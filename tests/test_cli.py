@@ -48,11 +48,11 @@ def test_posttrain_and_evaluate_write_reports(
     args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, *SMALL_EVAL, "--out", str(out)]
     assert main([*args, "--epochs", "1", "--label-fraction", "0.2", "--batch-size", "64"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"SimCLR backbone", "GRPO-RM"}
+    assert set(metrics) == {"Pretrained backbone", "GRPO-RM"}
     for model in metrics.values():
         for key in ("knn_top1_dino", "knn_top1_lightly", "mean_average_precision_at_r"):
             assert 0.0 <= model[key] <= 1.0, key
-        assert model["policy_accuracy"] > 0.1  # digits has 10 classes
+        assert model["ncm_accuracy"] > 0.1  # digits has 10 classes
     assert (out / "report.html").is_file() and (out / "grpo.ckpt").is_file()
     saved = json.loads((out / "config.json").read_text())
     assert saved.pop("run")["labeled_images"] > 0  # facts of the run, skipped by --config

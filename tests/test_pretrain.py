@@ -23,7 +23,7 @@ from tests.lightning_fit import fit_steps
 
 
 def test_registry_knows_simclr_by_its_name() -> None:
-    assert set(PRETRAIN_METHODS) == {"simclr"}
+    assert set(PRETRAIN_METHODS) == {"simclr", "dino"}
     for name, method in PRETRAIN_METHODS.items():
         assert method.name == name
     method = get_pretrain_method("simclr")
@@ -34,8 +34,8 @@ def test_registry_knows_simclr_by_its_name() -> None:
 
 
 def test_unknown_method_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"'dino'.*known: simclr"):
-        get_pretrain_method("dino")
+    with pytest.raises(ValueError, match=r"'byol'.*known: dino, simclr"):
+        get_pretrain_method("byol")
 
 
 def test_simclr_hyperparameters_and_unknown_ones() -> None:

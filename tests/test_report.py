@@ -109,7 +109,7 @@ def make_digits_run() -> dict[str, Any]:
             "result_labels": labels[top],
         }
         embeddings[name] = (emb, labels)
-    metrics["GRPO-RM"]["policy_accuracy"] = 0.953
+    metrics["GRPO-RM"]["classifier_accuracy"] = 0.953
     rng = np.random.default_rng(0)
     history: list[dict[str, float]] = []
     for epoch in range(12):

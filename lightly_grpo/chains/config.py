@@ -19,6 +19,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightly_grpo.backbones import BACKBONE_PREFIX, TEACHER_BACKBONE_PREFIX
 from lightly_grpo.data import POSTTRAIN_AUGMENTATIONS
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.pretrain import PRETRAIN_METHODS
@@ -62,6 +63,13 @@ def option(
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
+
+#: ``--backbone-from`` -> the ``load_backbone`` prefix (None: the checkpoint's own choice).
+CHECKPOINT_BACKBONES: dict[str, str | None] = {
+    "auto": None,
+    "teacher": TEACHER_BACKBONE_PREFIX,
+    "student": BACKBONE_PREFIX,
+}
 
 _ARCHITECTURE_HELP = "backbone name (see lightly_grpo.backbones.build_backbone)"
 
@@ -123,6 +131,12 @@ class PosttrainConfig:
     )
     out_dir: str = option("runs/grpo", "run folder (report, checkpoints)", flag="--out")
     architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
+    backbone_from: str = option(
+        "auto",
+        "which backbone of a teacher-student (DINO) checkpoint to post-train: its teacher, its "
+        "student, or auto (the teacher if there is one, else the checkpoint's backbone)",
+        choices=tuple(CHECKPOINT_BACKBONES),
+    )
     label_fraction: float = option(0.1, "share of the train split used as labeled images")
     epochs: int = option(20, "post-training epochs")
     batch_size: int = option(256, "post-training batch size")
@@ -150,8 +164,16 @@ class PosttrainConfig:
         "batchnorm", "BatchNorm statistics policy", choices=BATCHNORM_MODES
     )
     compile_loss: bool = stage_option("compile_loss", "torch.compile the loss's fused math")
+    baselines: list[str] = option(
+        [],
+        "methods of lightly_grpo.methods (e.g. ce-linear, supcon) trained beside GRPO-RM from the "
+        "same checkpoint on the same labeled images, epochs and settings, for the report "
+        "('none' for none)",
+    )
     val_images: int | None = option(
-        2000, "test images for the per-epoch policy accuracy curve (0 disables, 'all')"
+        2000,
+        "train-split images held out from the labeled ones for the per-epoch validation "
+        "accuracy curve; nothing is selected on them (0 disables, 'all' holds out a fifth)",
     )
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -206,6 +228,7 @@ DEMO_OVERLAY: dict[str, Any] = {
 }
 
 __all__ = [
+    "CHECKPOINT_BACKBONES",
     "DEMO_OVERLAY",
     "DataConfig",
     "DemoConfig",

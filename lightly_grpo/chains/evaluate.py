@@ -2,8 +2,8 @@
 
 Every model is scored with :func:`lightly_grpo.evaluation.evaluate_against_bank` (kNN of the test
 split against the train bank, retrieval leave-one-out within the test split) plus the accuracy
-of its policy: the prototypes of a post-trained stage, or the nearest class mean of the train
-split for a plain backbone (the prototypes GRPO-RM would start from).
+of the nearest class mean of the train split (``ncm_accuracy``, any model) and of the model's own
+classifier where it has one (``classifier_accuracy``: GRPO-RM's prototype policy, a linear head).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
@@ -42,14 +43,16 @@ from lightly_grpo.embedding import (
 from lightly_grpo.evaluation import RetrievalResult, evaluate_against_bank
 from lightly_grpo.report import write_report
 
-#: Maps L2-normalised (N, D) CPU embeddings to (N,) predicted classes.
-PolicyFn = Callable[[Tensor], Tensor]
+#: Maps unnormalised (N, D) CPU embeddings to (N,) predicted classes: a model's own head.
+ClassifierFn = Callable[[Tensor], Tensor]
+#: The name of :data:`ClassifierFn` in version 0.2.
+PolicyFn = ClassifierFn
 
 
 def eval_split(data: DataConfig, split: str) -> Any:
     """A split of the configured dataset through the deterministic eval transform."""
     transform = eval_transform(data.input_size, data.in_channels)
-    return resolve_dataset(data.dataset, split, transform, root=data.data_root)
+    return resolve_dataset(data.dataset, split, transform, root=data.data_root, seed=data.data_seed)
 
 
 @dataclass
@@ -69,12 +72,14 @@ def evaluation_data(data: DataConfig, cfg: EvalConfig) -> EvaluationData:
     test = eval_split(data, "test")
     test_indices = np.arange(len(test))
     if cfg.max_test_images is not None and cfg.max_test_images < len(test):
-        test_indices = random_subset(len(test), cfg.max_test_images, data.seed + 1)
+        test_indices = random_subset(len(test), cfg.max_test_images, data.data_seed + 1)
     return EvaluationData(
-        train=subset(train, cfg.max_train_images, data.seed + 2),
+        train=subset(train, cfg.max_train_images, data.data_seed + 2),
         test=Subset(test, test_indices.tolist()),
         class_names=list(getattr(train, "classes", [])),
-        display_test=resolve_dataset(data.dataset, "test", None, root=data.data_root),
+        display_test=resolve_dataset(
+            data.dataset, "test", None, root=data.data_root, seed=data.data_seed
+        ),
         test_indices=test_indices,
     )
 
@@ -84,7 +89,7 @@ class EmbeddingEvaluation:
     """One model's evaluation: its metrics, and the test embeddings the report maps.
 
     Attributes:
-        result: kNN, retrieval and ``policy_accuracy`` metrics with per-class values and the
+        result: kNN, retrieval and accuracy metrics with per-class values and the
             test queries' leave-one-out neighbours.
         embeddings: (Q, D) L2-normalised test embeddings (CPU).
         labels: (Q,) test labels.
@@ -103,7 +108,7 @@ def backbone_embed_fn(backbone: nn.Module) -> EmbedFn:
 def class_means_accuracy(
     train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], num_classes: int
 ) -> float:
-    """Accuracy of the nearest-class-mean policy (the prototypes GRPO-RM starts from).
+    """Accuracy of the nearest-class-mean classifier of the (normalised) train embeddings.
 
     Examples:
         >>> train = (torch.eye(2), torch.tensor([0, 1]))
@@ -114,15 +119,54 @@ def class_means_accuracy(
     return float(((test[0] @ keys.t()).argmax(1) == test[1]).float().mean())
 
 
+def embed_dataset(
+    name: str, embed: EmbedFn, dataset: Dataset[Any], cfg: EvalConfig, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Unnormalised (N, D) CPU embeddings and (N,) labels of a labeled dataset (eval mode is
+    the caller's), with a progress bar named ``name``."""
+    loader = make_loader(dataset, cfg.batch_size, shuffle=False)
+    embeddings, labels = embed_loader(embed, loader, device, True, name, normalize=False)
+    assert labels is not None  # embed_loader requires labels by default
+    return embeddings, labels
+
+
+def score_embeddings(
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    classifier: ClassifierFn | None = None,
+    progress: bool = True,
+) -> RetrievalResult:
+    """Every metric of one model from its unnormalised train (bank) and test embeddings.
+
+    kNN of the test split against the train bank and retrieval leave-one-out within the test
+    split (:func:`~lightly_grpo.evaluation.evaluate_against_bank`, on L2-normalised
+    embeddings), plus two accuracies named for what they are: ``ncm_accuracy``, the
+    nearest-class-mean classifier of the train bank (any model has one), and, when
+    ``classifier`` is given, ``classifier_accuracy``, the model's own head (GRPO-RM's prototype
+    policy, a linear head, the nearest proxy) on the unnormalised test embeddings.
+    """
+    bank = F.normalize(train[0], dim=1)
+    queries = F.normalize(test[0], dim=1)
+    result = evaluate_against_bank(queries, test[1], bank, train[1], progress=progress)
+    num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)
+    result.metrics["ncm_accuracy"] = class_means_accuracy(
+        (bank, train[1]), (queries, test[1]), num_classes
+    )
+    if classifier is not None:
+        predicted = classifier(test[0]).cpu()
+        result.metrics["classifier_accuracy"] = float((predicted == test[1]).float().mean())
+    return result
+
+
 def evaluate_embeddings(
     name: str,
     embed: EmbedFn,
     data: EvaluationData,
     cfg: EvalConfig,
     device: torch.device,
-    policy: PolicyFn | None = None,
+    classifier: ClassifierFn | None = None,
 ) -> EmbeddingEvaluation:
-    """kNN (test against train), retrieval (leave-one-out within test) and policy accuracy.
+    """Embeds the train bank and the test split and scores them (:func:`score_embeddings`).
 
     Args:
         name: The model's name (progress bars).
@@ -130,26 +174,15 @@ def evaluate_embeddings(
         data: The splits.
         cfg: Batch size of the embedding.
         device: Where the images go.
-        policy: The model's class prediction from normalised embeddings; None scores the
-            nearest class mean of the train split.
+        classifier: The model's own class prediction from unnormalised CPU embeddings (e.g.
+            ``module.classify_embeddings``); None for a model without a head.
     """
-
-    def embed_split(dataset: Dataset[Any], split: str) -> tuple[Tensor, Tensor]:
-        loader = make_loader(dataset, cfg.batch_size, shuffle=False)
-        embeddings, labels = embed_loader(embed, loader, device, True, f"{name}: {split} split")
-        assert labels is not None  # embed_loader requires labels by default
-        return embeddings, labels
-
-    train = embed_split(data.train, "train")
-    test = embed_split(data.test, "test")
-    result = evaluate_against_bank(test[0], test[1], train[0], train[1], progress=True)
-    if policy is not None:
-        accuracy = float((policy(test[0]) == test[1]).float().mean())
-    else:
-        num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)
-        accuracy = class_means_accuracy(train, test, num_classes)
-    result.metrics["policy_accuracy"] = accuracy
-    return EmbeddingEvaluation(result=result, embeddings=test[0], labels=test[1])
+    train = embed_dataset(f"{name}: train split", embed, data.train, cfg, device)
+    test = embed_dataset(f"{name}: test split", embed, data.test, cfg, device)
+    result = score_embeddings(train, test, classifier)
+    return EmbeddingEvaluation(
+        result=result, embeddings=F.normalize(test[0], dim=1), labels=test[1]
+    )
 
 
 def retrieval_examples(
@@ -295,6 +328,7 @@ def evaluate_checkpoints(
 
 
 __all__ = [
+    "ClassifierFn",
     "EmbeddingEvaluation",
     "EvaluationData",
     "PolicyFn",
@@ -302,10 +336,12 @@ __all__ = [
     "backbone_embed_fn",
     "class_means_accuracy",
     "eval_split",
+    "embed_dataset",
     "evaluate_checkpoints",
     "evaluate_embeddings",
     "evaluate_run",
     "evaluation_data",
     "report_models",
     "retrieval_examples",
+    "score_embeddings",
 ]

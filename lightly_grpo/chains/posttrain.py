@@ -6,16 +6,18 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
-from lightly_grpo.chains.config import PosttrainConfig
+from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig
 from lightly_grpo.chains.evaluate import (
     RunOutputs,
     backbone_embed_fn,
@@ -32,38 +34,67 @@ from lightly_grpo.data import (
     make_loader,
     posttrain_transform,
     resolve_dataset,
+    split_validation,
     subset,
 )
 from lightly_grpo.embedding import eval_mode
 from lightly_grpo.losses import GRPORMClassificationLoss
+from lightly_grpo.methods import MethodSettings, build_method, method_spec
+from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.rewards import build_reward
 from lightly_grpo.stage import GRPORMStage
+
+#: The report's name of the checkpoint's backbone before post-training.
+PRETRAINED_NAME = "Pretrained backbone"
 
 
 @dataclass
 class LabeledData:
-    """The labeled share of the train split that post-training sees.
+    """The labeled share of the train split that post-training sees, and its validation images.
 
     Attributes:
-        train: Augmented labeled images, shuffled (the training batches).
+        train: Augmented labeled images, shuffled by the training seed (the training batches).
         init: The same images through the eval transform (the class means of the prototypes).
         size: Number of labeled images.
         num_classes: Number of classes of the train split.
+        validation: Held-out train-split images (eval transform), disjoint from the labeled ones,
+            for the per-epoch validation accuracy; None when ``val_images`` is 0.
     """
 
     train: DataLoader[Any]
     init: DataLoader[Any]
     size: int
     num_classes: int
+    validation: DataLoader[Any] | None = None
 
 
 def labeled_data(cfg: PosttrainConfig) -> LabeledData:
-    """A class-balanced ``label_fraction`` of the train split, as training and init loaders."""
+    """A class-balanced ``label_fraction`` of the train split, as training and init loaders, plus
+    ``val_images`` validation images of the train split that are never trained on.
+
+    Which images are picked depends on ``data.data_seed`` only; the shuffling follows
+    ``data.seed``. Validation images are held out first, so the labeled images come from the
+    rest and a run never validates on an image it trained on (nor on a test image).
+    """
     data = cfg.data
-    labels = dataset_labels(resolve_dataset(data.dataset, "train", None, root=data.data_root))
-    indices = labeled_subset(labels, cfg.label_fraction, seed=data.seed).tolist()
+    train_split = resolve_dataset(
+        data.dataset, "train", None, root=data.data_root, seed=data.data_seed
+    )
+    labels = dataset_labels(train_split)
+    val_size = len(labels) // 5 if cfg.val_images is None else cfg.val_images
+    val_size = min(val_size, len(labels) // 2)  # never more than half of a small train split
+    validation, pool = (
+        split_validation(labels, val_size, seed=data.data_seed)
+        if val_size > 0
+        else (np.zeros(0, dtype=np.int64), np.arange(len(labels)))
+    )
+    indices = labeled_subset(labels, cfg.label_fraction, seed=data.data_seed, base=pool).tolist()
     transform = posttrain_transform(cfg.augment, data.input_size, data.in_channels)
-    train = Subset(resolve_dataset(data.dataset, "train", transform, root=data.data_root), indices)
+    train = Subset(
+        resolve_dataset(data.dataset, "train", transform, root=data.data_root, seed=data.data_seed),
+        indices,
+    )
+    eval_train = eval_split(data, "train")
     return LabeledData(
         train=make_loader(
             train,
@@ -71,21 +102,17 @@ def labeled_data(cfg: PosttrainConfig) -> LabeledData:
             shuffle=True,
             drop_last=True,
             num_workers=data.num_workers,
+            seed=data.seed,
         ),
-        init=make_loader(
-            Subset(eval_split(data, "train"), indices), cfg.eval.batch_size, shuffle=False
-        ),
+        init=make_loader(Subset(eval_train, indices), cfg.eval.batch_size, shuffle=False),
         size=len(indices),
         num_classes=int(labels.max()) + 1,
+        validation=(
+            make_loader(Subset(eval_train, validation.tolist()), cfg.eval.batch_size, shuffle=False)
+            if len(validation)
+            else None
+        ),
     )
-
-
-def validation_loader(cfg: PosttrainConfig) -> DataLoader[Any] | None:
-    """Test images for the per-epoch policy accuracy (the curve beside train accuracy)."""
-    if cfg.val_images == 0:
-        return None
-    test = subset(eval_split(cfg.data, "test"), cfg.val_images, cfg.data.seed + 4)
-    return make_loader(test, cfg.eval.batch_size, shuffle=False)
 
 
 def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> GRPORMStage:
@@ -129,15 +156,65 @@ def fit_stage(
     stage.to(device).init_prototypes(labeled.init)
     started = time.perf_counter()
     stage.train()  # a loaded backbone arrives in eval mode
-    trainer.fit(stage, labeled.train, validation_loader(cfg))
+    trainer.fit(stage, labeled.train, labeled.validation)
     seconds = time.perf_counter() - started
     stage.to(device)  # Lightning's teardown moves the module back to the CPU
     if cfg.batchnorm == "recompute":
         batch = cfg.eval.batch_size
-        unlabeled = subset(eval_split(cfg.data, "train"), 50 * batch, cfg.data.seed + 3)
+        unlabeled = subset(eval_split(cfg.data, "train"), 50 * batch, cfg.data.data_seed + 3)
         stage.recompute_batchnorm(make_loader(unlabeled, batch, shuffle=False))
     stage.eval()
     return seconds
+
+
+def baseline_names(cfg: PosttrainConfig) -> list[str]:
+    """The configured baselines, checked against :data:`lightly_grpo.methods.METHODS`.
+
+    Raises:
+        ValueError: For an unknown method name (the message lists the known ones).
+    """
+    names = [name for name in cfg.baselines if name.lower() != "none"]
+    for name in names:
+        method_spec(name)
+    return names
+
+
+def fit_baseline(
+    name: str,
+    cfg: PosttrainConfig,
+    pretrained: nn.Module,
+    labeled: LabeledData,
+    out_dir: Path,
+) -> PostTrainingModule:
+    """Trains the method ``name`` from a copy of ``pretrained`` exactly as GRPO-RM trains: the
+    same labeled images and order, epochs, learning rates, weight decay and BatchNorm policy.
+
+    Returns:
+        The trained module, in eval mode on the trainer's device.
+    """
+    settings = MethodSettings(
+        lr_backbone=cfg.lr_backbone,
+        lr_criterion=cfg.lr_prototypes,
+        weight_decay=cfg.weight_decay,
+        batchnorm=cfg.batchnorm,
+        temperature=cfg.temperature,
+        uniformity=cfg.uniformity_reward,
+        beta=cfg.beta,
+    )
+    backbone = copy.deepcopy(pretrained)
+    shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
+    module = build_method(
+        name, backbone, labeled.num_classes, backbone_output_dim(backbone, shape), settings
+    )
+    pl.seed_everything(cfg.data.seed, workers=True)
+    generator = labeled.train.generator
+    if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
+        generator.manual_seed(cfg.data.seed)
+    trainer = make_trainer(cfg.trainer, out_dir / "baselines" / name, cfg.epochs)
+    module.to(trainer.strategy.root_device).init_criterion(labeled.init)
+    module.train()
+    trainer.fit(module, labeled.train, labeled.validation)
+    return module.to(trainer.strategy.root_device).eval()
 
 
 def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
@@ -150,11 +227,17 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
     Examples:
         >>> cfg = PosttrainConfig(checkpoint="runs/simclr/simclr.ckpt")
         >>> outputs = posttrain(cfg)  # doctest: +SKIP
-        >>> outputs.metrics["GRPO-RM"]["policy_accuracy"]  # doctest: +SKIP
+        >>> outputs.metrics["GRPO-RM"]["classifier_accuracy"]  # doctest: +SKIP
     """
     out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
+    baselines = baseline_names(cfg)  # unknown names fail before any training
     labeled = labeled_data(cfg)
-    backbone = load_backbone(cfg.checkpoint, cfg.architecture, in_channels=cfg.data.in_channels)
+    backbone = load_backbone(
+        cfg.checkpoint,
+        cfg.architecture,
+        in_channels=cfg.data.in_channels,
+        prefix=CHECKPOINT_BACKBONES[cfg.backbone_from],
+    )
     reference = copy.deepcopy(backbone)  # the pretrained backbone, evaluated beside the result
     stage = build_stage(cfg, backbone, labeled.num_classes)
     history = EpochHistory()
@@ -172,8 +255,9 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         "train_seconds": round(train_seconds, 1),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    trained = {name: fit_baseline(name, cfg, reference, labeled, out_dir) for name in baselines}
     if evaluate:
-        evaluate_posttrained(cfg, stage, reference, outputs, config)
+        evaluate_posttrained(cfg, stage, reference, outputs, config, trained)
     return outputs
 
 
@@ -183,26 +267,29 @@ def evaluate_posttrained(
     reference: nn.Module,
     outputs: RunOutputs,
     config: dict[str, Any],
+    baselines: dict[str, PostTrainingModule] | None = None,
 ) -> None:
-    """Evaluates the pretrained ``reference`` and the post-trained ``stage`` and writes the
-    report; fills ``outputs.results`` and ``outputs.report``."""
+    """Evaluates the pretrained ``reference``, the post-trained ``stage`` and any trained
+    ``baselines`` (method name -> module) and writes the report; fills ``outputs.results`` and
+    ``outputs.report``."""
     device = stage.device
     data = evaluation_data(cfg.data, cfg.eval)
     with eval_mode(reference.to(device)):
-        pretrained = evaluate_embeddings(
-            "SimCLR backbone", backbone_embed_fn(reference), data, cfg.eval, device
-        )
-    output_set = stage.criterion.output_set
-    with eval_mode(stage):
-        posttrained = evaluate_embeddings(
-            "GRPO-RM",
-            stage.forward,
-            data,
-            cfg.eval,
-            device,
-            policy=lambda z: output_set.predict(z.to(device)).cpu(),
-        )
-    evaluations = {"SimCLR backbone": pretrained, "GRPO-RM": posttrained}
+        evaluations = {
+            PRETRAINED_NAME: evaluate_embeddings(
+                PRETRAINED_NAME, backbone_embed_fn(reference), data, cfg.eval, device
+            )
+        }
+    for name, module in {"GRPO-RM": stage, **(baselines or {})}.items():
+        with eval_mode(module):
+            evaluations[name] = evaluate_embeddings(
+                name,
+                module.forward,
+                data,
+                cfg.eval,
+                device,
+                classifier=_classifier(module) if module.can_predict_classes() else None,
+            )
     outputs.report = report_models(
         evaluations,
         data,
@@ -215,12 +302,19 @@ def evaluate_posttrained(
     outputs.results = {name: e.result for name, e in evaluations.items()}
 
 
+def _classifier(module: PostTrainingModule) -> Callable[[Tensor], Tensor]:
+    device = module.device
+    return lambda z: module.classify_embeddings(z.to(device)).cpu()
+
+
 __all__ = [
+    "PRETRAINED_NAME",
     "LabeledData",
+    "baseline_names",
+    "fit_baseline",
     "build_stage",
     "evaluate_posttrained",
     "fit_stage",
     "labeled_data",
     "posttrain",
-    "validation_loader",
 ]

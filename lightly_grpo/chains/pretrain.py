@@ -30,13 +30,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
     method = get_pretrain_method(cfg.method)
     transform = method.transform(data.input_size, data.in_channels)
     dataset = subset(
-        resolve_dataset(data.dataset, "train", transform, root=data.data_root),
+        resolve_dataset(data.dataset, "train", transform, root=data.data_root, seed=data.data_seed),
         cfg.max_images,
-        data.seed,
+        data.data_seed,
     )
     batch_size = min(cfg.batch_size, len(dataset))  # type: ignore[arg-type]
     loader = make_loader(
-        dataset, batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers
+        dataset,
+        batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=data.num_workers,
+        seed=data.seed,
     )
     backbone = build_backbone(cfg.architecture, data.in_channels)
     feature_dim = backbone_output_dim(

@@ -6,7 +6,10 @@ One module per concern, everything re-exported here:
   and :func:`resolve_dataset`, which turns a name or a directory into one of them;
 - :mod:`~lightly_grpo.data.transforms`: lightly's SimCLR views, the eval transform, the
   post-training augmentation and the normalisation statistics;
-- :mod:`~lightly_grpo.data.splits`: seeded labeled shares and random subsets;
+- :mod:`~lightly_grpo.data.splits`: seeded labeled shares, long-tailed subsets, validation
+  splits and random subsets;
+- :mod:`~lightly_grpo.data.shifts`: out-of-distribution test shifts (rotation, noise, blur)
+  at fixed strengths and :class:`ShiftedDataset`, which applies one to a test set;
 - :mod:`~lightly_grpo.data.loaders`: seeded ``DataLoader`` and raw images for display;
 - :mod:`~lightly_grpo.data.config`: the :class:`DataConfig` dataclass.
 
@@ -41,7 +44,29 @@ from lightly_grpo.data.datasets import (
     resolve_dataset,
 )
 from lightly_grpo.data.loaders import images_for_display, make_loader
-from lightly_grpo.data.splits import labeled_subset, random_subset, subset
+from lightly_grpo.data.shifts import (
+    BLUR_KERNEL,
+    BLUR_SIGMA,
+    COMBINED_ROTATION_DEGREES,
+    NOISE_STD,
+    ROTATION_DEGREES,
+    SHIFT_STRENGTHS,
+    SHIFTS,
+    ShiftedDataset,
+    add_noise,
+    apply_shift,
+    blur,
+    rotate,
+    rotation_angle,
+)
+from lightly_grpo.data.splits import (
+    labeled_subset,
+    long_tailed_counts,
+    long_tailed_subset,
+    random_subset,
+    split_validation,
+    subset,
+)
 from lightly_grpo.data.transforms import (
     GRAYSCALE_NORMALIZE,
     POSTTRAIN_AUGMENTATIONS,
@@ -54,16 +79,27 @@ from lightly_grpo.data.transforms import (
 )
 
 __all__ = [
+    "BLUR_KERNEL",
+    "BLUR_SIGMA",
+    "COMBINED_ROTATION_DEGREES",
     "DATASET_NAMES",
     "DIGITS_CLASSES",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "GRAYSCALE_NORMALIZE",
+    "NOISE_STD",
     "POSTTRAIN_AUGMENTATIONS",
+    "ROTATION_DEGREES",
+    "SHIFTS",
+    "SHIFT_STRENGTHS",
     "ArrayImageDataset",
     "DataConfig",
     "DatasetSpec",
+    "ShiftedDataset",
     "ToChannels",
+    "add_noise",
+    "apply_shift",
+    "blur",
     "channel_step",
     "dataset_labels",
     "default_dataset_name",
@@ -73,13 +109,18 @@ __all__ = [
     "load_digits_split",
     "load_fashion_mnist",
     "load_image_folder",
+    "long_tailed_counts",
+    "long_tailed_subset",
     "make_loader",
     "normalize_stats",
     "posttrain_transform",
     "random_subset",
     "read_idx",
     "resolve_dataset",
+    "rotate",
+    "rotation_angle",
     "simclr_transform",
+    "split_validation",
     "subset",
     "to_rgb",
 ]

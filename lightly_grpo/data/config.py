@@ -16,7 +16,11 @@ class DataConfig:
         input_size: Side of the images fed to the backbone, in pixels.
         in_channels: Channels of the images fed to the backbone, 1 or 3.
         num_workers: ``DataLoader`` worker processes (0 loads in the main process).
-        seed: Seed of the subsets, the shuffling and the digits train/test split.
+        seed: Seed of the training randomness: initialisation, shuffling, augmentation. A second
+            seed is a second training run on the same images.
+        data_seed: Seed of which images a run sees: the labeled subset, the validation images,
+            the evaluated subsets and the digits train/test split. Fixed across training seeds,
+            so every seed and method is scored on the same test images.
 
     Raises:
         ValueError: For ``input_size < 1``, ``in_channels`` not 1 or 3, or ``num_workers < 0``.
@@ -35,7 +39,8 @@ class DataConfig:
     input_size: int = 32  # side of the backbone's input images in pixels
     in_channels: int = 1  # 1 (grayscale) or 3; RGB folders are converted to this
     num_workers: int = 0  # DataLoader worker processes
-    seed: int = 0  # subsets, shuffling and the digits train/test split
+    seed: int = 0  # training seed: initialisation, shuffling, augmentation
+    data_seed: int = 0  # which images: labeled subset, validation, evaluated subsets
 
     def __post_init__(self) -> None:
         # Caught here, at the command line, rather than at the first batch of a long run.

@@ -10,8 +10,8 @@ method-specific::
     export_backbone(method.backbone(module), "backbone.pt")
     # method.backbone_prefix is the checkpoint's backbone key prefix for load_backbone
 
-Adding a recipe (e.g. DINO with lightly's ``DINOProjectionHead``, ``DINOLoss``,
-``DINOTransform`` and a momentum teacher) takes one new file and one line:
+Adding a recipe takes one new file and one line, as DINO did (lightly's
+``DINOProjectionHead``, ``DINOLoss``, ``DINOTransform`` and a momentum teacher):
 
 1. ``lightly_grpo/pretrain/dino.py``: the Lightning module, whose constructor takes
    ``(backbone, feature_dim, **hyperparameters)``, and a ``PretrainMethod`` subclass that sets
@@ -22,19 +22,23 @@ Adding a recipe (e.g. DINO with lightly's ``DINOProjectionHead``, ``DINOLoss``,
 
 Examples:
     >>> sorted(PRETRAIN_METHODS)
-    ['simclr']
+    ['dino', 'simclr']
 """
 
 from __future__ import annotations
 
 from lightly_grpo.pretrain.base import PretrainMethod
+from lightly_grpo.pretrain.dino import DINOMethod, DINOModule, dino_transform
 from lightly_grpo.pretrain.registry import PRETRAIN_METHODS, get_pretrain_method
 from lightly_grpo.pretrain.simclr import SimCLRMethod, SimCLRModule
 
 __all__ = [
+    "DINOMethod",
+    "DINOModule",
     "PRETRAIN_METHODS",
     "PretrainMethod",
     "SimCLRMethod",
     "SimCLRModule",
+    "dino_transform",
     "get_pretrain_method",
 ]

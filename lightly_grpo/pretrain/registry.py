@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from lightly_grpo.pretrain.base import PretrainMethod
+from lightly_grpo.pretrain.dino import DINOMethod
 from lightly_grpo.pretrain.simclr import SimCLRMethod
 
 # One instance per recipe; a new recipe adds its line here (and its import above).
-_METHODS: tuple[PretrainMethod, ...] = (SimCLRMethod(),)
+_METHODS: tuple[PretrainMethod, ...] = (SimCLRMethod(), DINOMethod())
 
 #: Every known method by its ``name``.
 PRETRAIN_METHODS: dict[str, PretrainMethod] = {method.name: method for method in _METHODS}

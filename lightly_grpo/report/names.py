@@ -22,7 +22,7 @@ HEADLINE_METRICS = (
     "precision_at_1",
     "knn_top1_dino",
     "knn_top1_lightly",
-    "policy_accuracy",
+    "classifier_accuracy",
 )
 # Table order for the evaluator's metrics; Recall@K follows by K, anything else in given order.
 _METRIC_ORDER = (
@@ -34,10 +34,18 @@ _METRIC_ORDER = (
     "knn_top5_dino",
     "knn_top1_lightly",
     "knn_top5_lightly",
+    "classifier_accuracy",
+    "ncm_accuracy",
     "policy_accuracy",
 )
 # Names of metrics the evaluation registry does not know (the stage's own, training curves).
-_FIXED_NAMES = {"policy_accuracy": "Policy accuracy (prototype argmax)"}
+_FIXED_NAMES = {
+    "classifier_accuracy": "Classifier accuracy (the model's own head)",
+    "ncm_accuracy": "Nearest-class-mean accuracy",
+    # The name of version 0.2's metrics files: the prototype argmax for a post-trained model,
+    # the nearest class mean for a plain backbone.
+    "policy_accuracy": "Policy accuracy (0.2 metrics files)",
+}
 # Substrings of metric names for which a smaller value is the better one.
 _LOWER_IS_BETTER = ("loss", "error", "seconds", "time_s", "memory")
 # Panel order of the training curves (keys without their "train/" or "val/" prefix).
@@ -65,8 +73,8 @@ def metric_display_name(name: str) -> str:
     Examples:
         >>> metric_display_name("knn_top1_dino")
         'kNN top-1 (k=20, T=0.07)'
-        >>> metric_display_name("recall_at_4"), metric_display_name("policy_accuracy")
-        ('Recall@4', 'Policy accuracy (prototype argmax)')
+        >>> metric_display_name("recall_at_4"), metric_display_name("ncm_accuracy")
+        ('Recall@4', 'Nearest-class-mean accuracy')
     """
     spec = _registered(name)
     if spec is not None:

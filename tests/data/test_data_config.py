@@ -15,13 +15,16 @@ def test_data_config_fields_and_defaults() -> None:
         "in_channels": 1,
         "num_workers": 0,
         "seed": 0,
+        "data_seed": 0,
     }
 
 
 def test_data_config_drives_resolve_dataset() -> None:
-    cfg = DataConfig(dataset="digits", input_size=12, in_channels=3, seed=1)
+    cfg = DataConfig(dataset="digits", input_size=12, in_channels=3, data_seed=1)
     transform = eval_transform(cfg.input_size, cfg.in_channels)
-    dataset = resolve_dataset(cfg.dataset, "test", transform, root=cfg.data_root, seed=cfg.seed)
+    dataset = resolve_dataset(
+        cfg.dataset, "test", transform, root=cfg.data_root, seed=cfg.data_seed
+    )
     image, _ = dataset[0]
     assert image.shape == (3, 12, 12)
 

@@ -1,0 +1,335 @@
+"""Runs a benchmark: one result file per (row, method, learning rate, seed), resumable.
+
+A finished run's result is written atomically (a temporary file renamed into place), so a killed
+benchmark restarted with the same output folder skips every finished run and redoes at most the
+one it was killed in. Learning rates are tuned first (:func:`tune_learning_rates`), on the
+validation images of the tuning row with the first seed; the chosen rates go to
+``tuning.json`` and every row and seed then runs with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightly_grpo.backbones import backbone_output_dim, load_backbone
+from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
+from lightly_grpo.benchmark.data import RowData, row_data
+from lightly_grpo.chains.config import EvalConfig, PretrainConfig, TrainerConfig
+from lightly_grpo.chains.evaluate import backbone_embed_fn, embed_dataset, score_embeddings
+from lightly_grpo.chains.runtime import EpochHistory
+from lightly_grpo.data import make_loader
+from lightly_grpo.data.config import DataConfig
+from lightly_grpo.embedding import eval_mode
+from lightly_grpo.methods import method_spec
+from lightly_grpo.posttraining import PostTrainingModule
+
+#: The method name of the pretrained backbone's row (no post-training, evaluated once).
+PRETRAINED = "pretrained"
+
+
+@dataclass
+class RunResult:
+    """What one run measured.
+
+    Attributes:
+        row: Row name.
+        method: Method name (or :data:`PRETRAINED`).
+        seed: Training seed.
+        lr: The tuned learning rate the run used (``MethodSpec.tuned_lr``).
+        metrics: Test metrics (:func:`~lightly_grpo.chains.evaluate.score_embeddings`).
+        shifted: Shift name -> the same metrics on the shifted test set.
+        validation: Validation metrics (the learning rate is selected on ``val_score``).
+        val_score: Validation classifier accuracy, or validation kNN top-1 (k=20) against the
+            labeled images for a method without a classifier.
+        history: Per-epoch logged metrics (``val/accuracy`` is the accuracy curve).
+        train_seconds: Wall time of ``trainer.fit``.
+    """
+
+    row: str
+    method: str
+    seed: int
+    lr: float
+    metrics: dict[str, float]
+    shifted: dict[str, dict[str, float]] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+    val_score: float = float("nan")
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def result_path(out_dir: Path, row: str, method: str, lr: float, seed: int) -> Path:
+    """Where a run's result lives (``runs/<row>/<method>/lr<lr>_seed<seed>.json``)."""
+    safe_row = row.replace("%", "pct").replace("/", "_")
+    return out_dir / "runs" / safe_row / method / f"lr{lr:.3g}_seed{seed}.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON so that ``path`` is either absent, the old file, or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def load_result(path: Path) -> RunResult | None:
+    """The result stored at ``path``, or None when the run has not finished."""
+    if not path.is_file():
+        return None
+    return RunResult(**json.loads(path.read_text()))
+
+
+class Benchmark:
+    """Runs the rows x methods x seeds of a :class:`BenchmarkConfig` into ``out_dir``.
+
+    Args:
+        cfg: What to run.
+        out_dir: Result folder (results, ``tuning.json``, checkpoints, table).
+        checkpoints: Backbone source -> checkpoint; missing sources are pretrained into
+            ``out_dir/pretrain/<source>`` with ``cfg.pretrain`` (or reused from there).
+        accelerator: Lightning accelerator of the runs.
+        log: Where progress lines go.
+    """
+
+    def __init__(
+        self,
+        cfg: BenchmarkConfig,
+        out_dir: str | os.PathLike[str],
+        checkpoints: dict[str, str] | None = None,
+        accelerator: str = "auto",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.checkpoints = dict(checkpoints or {})
+        self.accelerator = accelerator
+        self.log = log
+        self._data: dict[str, RowData] = {}
+        self._backbones: dict[str, nn.Module] = {}
+
+    # ------------------------------------------------------------------ inputs
+    def checkpoint(self, source: str) -> Path:
+        """The checkpoint of a backbone source, pretraining it when it does not exist yet."""
+        if source in self.checkpoints:
+            return Path(self.checkpoints[source])
+        folder = self.out_dir / "pretrain" / source
+        exported = folder / "backbone.pt"
+        if not exported.is_file():
+            from lightly_grpo.chains.pretrain import pretrain
+
+            spec = self.cfg.pretrain
+            self.log(f"pretraining {source}: {spec.images} images x {spec.epochs} epochs")
+            started = time.perf_counter()
+            pretrain(
+                PretrainConfig(
+                    out_dir=str(folder),
+                    architecture=self.cfg.architecture,
+                    epochs=spec.epochs,
+                    batch_size=spec.batch_size,
+                    max_images=spec.images,
+                    method=source,
+                    data=DataConfig(
+                        dataset="fashion-mnist",
+                        input_size=self.cfg.input_size,
+                        seed=self.cfg.data_seed,
+                        data_seed=self.cfg.data_seed,
+                    ),
+                    trainer=TrainerConfig(accelerator=self.accelerator, progress=True),
+                )
+            )
+            seconds = time.perf_counter() - started
+            write_json_atomic(folder / "pretrain_seconds.json", {"seconds": round(seconds, 1)})
+        return exported
+
+    def backbone(self, source: str) -> nn.Module:
+        """A fresh copy of the pretrained backbone of ``source``."""
+        if source not in self._backbones:
+            self._backbones[source] = load_backbone(
+                self.checkpoint(source), self.cfg.architecture, in_channels=1
+            )
+        return copy.deepcopy(self._backbones[source])
+
+    def data(self, row: DataRow) -> RowData:
+        if row.name not in self._data:
+            self._data[row.name] = row_data(self.cfg, row)
+        return self._data[row.name]
+
+    # ------------------------------------------------------------------ one run
+    def _evaluate(
+        self, embed: Callable[[Tensor], Tensor], data: RowData, classifier: Any, name: str
+    ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+        device = self._device()
+        eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
+
+        def embedded(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
+            return embed_dataset(f"{name}: {split}", embed, dataset, eval_cfg, device)
+
+        bank, labeled = embedded(data.bank, "bank"), embedded(data.labeled, "labeled")
+        test = embedded(data.test, "test")
+        metrics = score_embeddings(bank, test, classifier, progress=False).metrics
+        shifted = {
+            shift: score_embeddings(bank, embedded(ds, shift), classifier, progress=False).metrics
+            for shift, ds in data.shifted.items()
+        }
+        validation = score_embeddings(
+            labeled, embedded(data.validation, "validation"), classifier, progress=False
+        ).metrics
+        return metrics, shifted, validation
+
+    def _device(self) -> torch.device:
+        if self.accelerator in ("gpu", "cuda") or (
+            self.accelerator == "auto" and torch.cuda.is_available()
+        ):
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def run_pretrained(self, row: DataRow) -> RunResult:
+        """The pretrained backbone of ``row`` without post-training (evaluated once)."""
+        path = result_path(self.out_dir, row.name, PRETRAINED, 0.0, 0)
+        stored = load_result(path)
+        if stored is not None:
+            return stored
+        backbone = self.backbone(row.backbone).to(self._device())
+        with eval_mode(backbone):
+            metrics, shifted, validation = self._evaluate(
+                backbone_embed_fn(backbone), self.data(row), None, f"{row.name} pretrained"
+            )
+        result = RunResult(
+            row.name,
+            PRETRAINED,
+            0,
+            0.0,
+            metrics,
+            shifted,
+            validation,
+            validation["knn_top1_dino"],
+        )
+        write_json_atomic(path, asdict(result))
+        return result
+
+    def run(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
+        """Trains and evaluates one method on one row with one seed (or loads the result)."""
+        path = result_path(self.out_dir, row.name, method, lr, seed)
+        stored = load_result(path)
+        if stored is not None:
+            return stored
+        spec = method_spec(method)
+        data = self.data(row)
+        pl.seed_everything(seed, workers=True)
+        backbone = self.backbone(row.backbone)
+        size = backbone_output_dim(backbone, (1, self.cfg.input_size, self.cfg.input_size))
+        settings = self.cfg.settings.with_lr(spec.tuned_lr, lr)
+        module: PostTrainingModule = spec.build(backbone, data.num_classes, size, settings)
+        device = self._device()
+        eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
+        module.to(device).init_criterion(
+            make_loader(data.labeled, eval_cfg.batch_size, shuffle=False)
+        )
+        history = EpochHistory()
+        trainer = pl.Trainer(
+            max_epochs=row.epochs,
+            accelerator=self.accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[history],
+        )
+        module.train()
+        started = time.perf_counter()
+        trainer.fit(
+            module,
+            data.train_loader(row.batch_size, seed),
+            make_loader(data.validation, eval_cfg.batch_size, shuffle=False),
+        )
+        seconds = time.perf_counter() - started
+        module.to(device).eval()
+        classifier = module.classify_embeddings if module.can_predict_classes() else None
+        with eval_mode(module):
+            metrics, shifted, validation = self._evaluate(
+                module.forward, data, classifier, f"{row.name} {method}"
+            )
+        score = validation.get("classifier_accuracy", validation["knn_top1_dino"])
+        result = RunResult(
+            row.name, method, seed, lr, metrics, shifted, validation, score, history.rows, seconds
+        )
+        write_json_atomic(path, asdict(result))
+        return result
+
+    # ------------------------------------------------------------------ the whole benchmark
+    def tune_learning_rates(self) -> dict[str, float]:
+        """Per method, the learning rate of ``cfg.lr_grid`` with the best validation score on
+        the tuning row (first seed); written to ``tuning.json`` with every score."""
+        row = self.cfg.tuning_row
+        seed = self.cfg.seeds[0]
+        methods = list(dict.fromkeys(m for r in self.cfg.rows for m in self.cfg.row_methods(r)))
+        chosen: dict[str, float] = {}
+        report: dict[str, Any] = {"row": row.name, "seed": seed, "methods": {}}
+        for method in methods:
+            spec = method_spec(method)
+            base = getattr(self.cfg.settings, spec.tuned_lr)
+            scores = {}
+            for multiplier in self.cfg.lr_grid:
+                lr = base * multiplier
+                result = self._run_logged(row, method, seed, lr)
+                scores[lr] = result.val_score
+            # A NaN score (a diverged run) never wins; ties go to the rate closest to the default.
+            best = max(
+                scores,
+                key=lambda lr: (
+                    -math.inf if math.isnan(scores[lr]) else scores[lr],
+                    -abs(lr - base),
+                ),
+            )
+            chosen[method] = best
+            report["methods"][method] = {
+                "tuned": spec.tuned_lr,
+                "scores": {f"{lr:.3g}": s for lr, s in scores.items()},
+                "chosen": best,
+            }
+        write_json_atomic(self.out_dir / "tuning.json", report)
+        return chosen
+
+    def _run_logged(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
+        cached = result_path(self.out_dir, row.name, method, lr, seed).is_file()
+        started = time.perf_counter()
+        result = self.run(row, method, seed, lr)
+        if not cached:
+            m = result.metrics
+            self.log(
+                f"{row.name:18s} {method:28s} seed {seed} lr {lr:.2g}: "
+                f"acc {m.get('classifier_accuracy', float('nan')):.3f} "
+                f"kNN {m['knn_top1_dino']:.3f} MAP@R {m['mean_average_precision_at_r']:.3f} "
+                f"val {result.val_score:.3f} ({time.perf_counter() - started:.0f} s)"
+            )
+        return result
+
+    def run_all(self) -> list[RunResult]:
+        """Tunes the learning rates, then runs every row x method x seed; returns every result
+        the table uses (pretrained rows included)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out_dir / "benchmark_config.json", asdict(self.cfg))
+        chosen = self.tune_learning_rates()
+        results = []
+        for row in self.cfg.rows:
+            results.append(self.run_pretrained(row))
+            for method in self.cfg.row_methods(row):
+                for seed in self.cfg.seeds:
+                    results.append(self._run_logged(row, method, seed, chosen[method]))
+        return results
+
+
+__all__ = ["PRETRAINED", "Benchmark", "RunResult", "load_result", "result_path"]
