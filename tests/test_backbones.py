@@ -333,3 +333,22 @@ def test_lightly_example_checkpoint_loads_by_name(tmp_path: Path, in_channels: i
     # The in_channels must match the checkpoint: the error names the first convolution.
     with pytest.raises(ValueError, match=rf"0\.weight: checkpoint \(64, {in_channels}, 7, 7\)"):
         load_backbone(path, "lightly:resnet18", in_channels=4 - in_channels)
+
+
+def test_a_teacher_student_checkpoint_loads_its_teacher_unless_told_otherwise(
+    tmp_path: Path,
+) -> None:
+    from lightly_grpo.chains.config import CHECKPOINT_BACKBONES
+
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    state = {f"teacher_backbone.{k}": v for k, v in teacher.state_dict().items()}
+    state |= {f"backbone.{k}": v for k, v in student.state_dict().items()}
+    path = tmp_path / "dino.pt"
+    torch.save({"state_dict": state}, path)
+    loaded = {
+        choice: load_backbone(path, nn.Linear(3, 2), prefix=prefix)
+        for choice, prefix in CHECKPOINT_BACKBONES.items()
+    }
+    assert torch.equal(loaded["auto"].weight, teacher.weight)
+    assert torch.equal(loaded["teacher"].weight, teacher.weight)
+    assert torch.equal(loaded["student"].weight, student.weight)

@@ -10,7 +10,8 @@ import torch
 from pytorch_metric_learning.losses import ProxyAnchorLoss, SupConLoss
 from torch import nn
 
-from lightly_grpo.baselines import CrossEntropyBaseline, MetricLossBaseline
+from lightly_grpo.baselines import CrossEntropyBaseline, LinearProbeBaseline, MetricLossBaseline
+from lightly_grpo.embedding import class_means
 from lightly_grpo.stage import GRPORMStage
 from tests.test_stage import digit_loader, small_cnn, trainer
 
@@ -58,3 +59,50 @@ def test_metric_loss_baseline_steps_with_supcon(tmp_path: Path) -> None:
     assert not torch.equal(before, model.backbone[0].weight)
     with pytest.raises(ValueError, match="classifier must be one of"):
         CrossEntropyBaseline(nn.Identity(), 10, 32, classifier="mlp")
+
+
+def test_linear_probe_trains_only_its_head(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = LinearProbeBaseline(small_cnn(), 10, 32, lr_criterion=1e-2, batchnorm="train")
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.criterion.weight.detach().clone()
+    trainer(tmp_path, max_steps=3).fit(model, digit_loader(256, 64))
+    # Frozen means frozen: weights and BatchNorm running statistics are the pretrained ones,
+    # even with batchnorm="train".
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), key
+    assert not torch.equal(head_before, model.criterion.weight)
+    assert [g["name"] for g in model.parameter_groups()] == ["criterion"]
+    assert model.can_predict_classes()
+
+
+def test_proxy_anchor_classifies_by_its_nearest_proxy_and_supcon_has_no_classifier() -> None:
+    loss = ProxyAnchorLoss(3, 4)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.eye(3, 4) * 5.0)
+    model = MetricLossBaseline(nn.Identity(), loss)
+    embeddings = torch.tensor([[0.1, 2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.1], [1.0, 0.2, 0.0, 0.0]])
+    assert model.can_predict_classes()
+    assert model.classify_embeddings(embeddings).tolist() == [1, 2, 0]
+    supcon = MetricLossBaseline(nn.Identity(), SupConLoss())
+    assert not supcon.can_predict_classes()
+    with pytest.raises(NotImplementedError, match="no class proxies"):
+        supcon.classify_embeddings(embeddings)
+
+
+def test_prototype_head_starts_at_the_class_means_and_the_linear_head_does_not() -> None:
+    images, labels = next(iter(digit_loader(200, 200)))
+    loader = [(images, labels)]
+    for classifier in ("prototypes", "linear"):
+        pl.seed_everything(0)
+        model = CrossEntropyBaseline(small_cnn(), 10, 32, classifier=classifier)
+        model.eval()
+        with torch.no_grad():
+            means, _ = class_means(model(images), labels, 10)
+        before = [p.detach().clone() for p in model.criterion.parameters()]
+        model.init_criterion(loader)
+        if classifier == "prototypes":
+            assert torch.allclose(model.criterion.keys(), means, atol=1e-5)
+        else:
+            after = list(model.criterion.parameters())
+            assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

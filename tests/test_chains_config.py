@@ -63,8 +63,8 @@ OLD_DEFAULTS: dict[str, dict[str, Any]] = {
     | EVAL
     # the demo's sizes (re-sized to fit 10 minutes with set-up on the slower 2-core CPU)
     | {"pretrain_epochs": 3, "pretrain_images": 3072, "out": "runs/demo", "epochs": 3}
-    | {"batch_size": 128, "eval_train_images": 8000, "eval_test_images": 5000}
-    | {"val_images": 1000, "input_size": 28},
+    | {"batch_size": 128, "eval_train_images": 5000, "eval_test_images": 3000}
+    | {"val_images": 500, "input_size": 28, "label_fraction": 0.05, "baselines": ["ce-linear"]},
 }
 POSITIONAL = {"posttrain": ["x.ckpt"], "evaluate": ["x.ckpt"], "pretrain": [], "demo": []}
 

@@ -46,9 +46,14 @@ def test_posttrain_and_evaluate_write_reports(
 ) -> None:
     out = tmp_path / "grpo"
     args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, *SMALL_EVAL, "--out", str(out)]
-    assert main([*args, "--epochs", "1", "--label-fraction", "0.2", "--batch-size", "64"]) == 0
+    args += ["--epochs", "1", "--label-fraction", "0.2", "--batch-size", "64"]
+    assert main([*args, "--baselines", "ce-linear"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"Pretrained backbone", "GRPO-RM"}
+    assert set(metrics) == {"Pretrained backbone", "GRPO-RM", "ce-linear"}
+    # each model's own classifier is scored; the plain backbone has none
+    assert "classifier_accuracy" not in metrics["Pretrained backbone"]
+    for name in ("GRPO-RM", "ce-linear"):
+        assert 0.0 <= metrics[name]["classifier_accuracy"] <= 1.0
     for model in metrics.values():
         for key in ("knn_top1_dino", "knn_top1_lightly", "mean_average_precision_at_r"):
             assert 0.0 <= model[key] <= 1.0, key
@@ -68,6 +73,13 @@ def test_posttrain_and_evaluate_write_reports(
     for key in ("knn_top1_dino", "mean_average_precision_at_r"):
         assert evaluated["grpo"][key] == pytest.approx(metrics["GRPO-RM"][key], abs=1e-6)
     assert json.loads((compare / "config.json").read_text())["names"] == ["simclr", "grpo"]
+
+
+def test_an_unknown_baseline_fails_before_any_training(pretrained: Path, tmp_path: Path) -> None:
+    args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, "--out", str(tmp_path / "x")]
+    with pytest.raises((ValueError, SystemExit), match="bogus"):
+        main([*args, "--baselines", "ce-linear", "bogus"])
+    assert not (tmp_path / "x" / "grpo.ckpt").exists()
 
 
 def test_bad_paths_give_clear_errors(tmp_path: Path) -> None:

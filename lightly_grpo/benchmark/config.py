@@ -96,6 +96,8 @@ class BenchmarkConfig:
         architecture: Backbone architecture of the pretraining.
         pretrain: How missing checkpoints are made.
         eval_batch_size: Batch size when embedding.
+        data_root: Directory of the Fashion-MNIST files, if not the Debian package's.
+        num_workers: ``DataLoader`` worker processes of the training batches.
     """
 
     rows: tuple[DataRow, ...]
@@ -114,6 +116,8 @@ class BenchmarkConfig:
     architecture: str = "resnet18_small"
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     eval_batch_size: int = 512
+    data_root: str | None = None
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if not self.rows:

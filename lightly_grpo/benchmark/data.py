@@ -52,11 +52,19 @@ class RowData:
     shifted: dict[str, Dataset[Any]]
     num_classes: int
     class_counts: list[int]
+    num_workers: int = 0
 
     def train_loader(self, batch_size: int, seed: int) -> DataLoader[Any]:
         """Shuffled training batches in an order fixed by the training ``seed``."""
         size = min(batch_size, len(self.train))  # type: ignore[arg-type]
-        return make_loader(self.train, size, shuffle=True, drop_last=True, seed=seed)
+        return make_loader(
+            self.train,
+            size,
+            shuffle=True,
+            drop_last=True,
+            seed=seed,
+            num_workers=self.num_workers,
+        )
 
 
 def labeled_indices(labels: np.ndarray, row: DataRow, data_seed: int, pool: np.ndarray) -> Any:
@@ -73,34 +81,37 @@ def row_data(cfg: BenchmarkConfig, row: DataRow) -> RowData:
     ``cfg.val_images``, at most a fifth of a small split); the labeled images are then drawn
     from the rest (restricted to ``row.pool_size`` random images when set).
     """
-    seed = cfg.data_seed
+    seed, root = cfg.data_seed, cfg.data_root
     transform = eval_transform(cfg.input_size, 1)
-    train_plain = resolve_dataset(row.dataset, "train", None, seed=seed)
+    train_plain = resolve_dataset(row.dataset, "train", None, root=root, seed=seed)
     labels = dataset_labels(train_plain)
     val_size = min(cfg.val_images, len(labels) // 5)
     validation, pool = split_validation(labels, val_size, seed=seed)
     if row.pool_size is not None and row.pool_size < len(pool):
         pool = np.sort(pool[random_subset(len(pool), row.pool_size, seed)])
     labeled = labeled_indices(labels, row, seed, pool).tolist()
-    train_eval = resolve_dataset(row.dataset, "train", transform, seed=seed)
+    train_eval = resolve_dataset(row.dataset, "train", transform, root=root, seed=seed)
     augment = posttrain_transform(cfg.augment, cfg.input_size, 1)
-    test_plain = resolve_dataset(row.dataset, "test", None, seed=seed)
+    test_plain = resolve_dataset(row.dataset, "test", None, root=root, seed=seed)
     test_index = random_subset(len(test_plain), cfg.test_images, seed + 1).tolist()
     bank_index = random_subset(len(labels), cfg.bank_images, seed + 2).tolist()
     shift_index = test_index[: cfg.shift_images]
     num_classes = int(labels.max()) + 1
     return RowData(
-        train=Subset(resolve_dataset(row.dataset, "train", augment, seed=seed), labeled),
+        train=Subset(resolve_dataset(row.dataset, "train", augment, root=root, seed=seed), labeled),
         labeled=Subset(train_eval, labeled),
         validation=Subset(train_eval, validation.tolist()),
         bank=Subset(train_eval, bank_index),
-        test=Subset(resolve_dataset(row.dataset, "test", transform, seed=seed), test_index),
+        test=Subset(
+            resolve_dataset(row.dataset, "test", transform, root=root, seed=seed), test_index
+        ),
         shifted={
             shift: ShiftedDataset(Subset(test_plain, shift_index), shift, transform=transform)
             for shift in row.shifts
         },
         num_classes=num_classes,
         class_counts=np.bincount(labels[labeled], minlength=num_classes).tolist(),
+        num_workers=cfg.num_workers,
     )
 
 

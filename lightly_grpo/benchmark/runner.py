@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,6 +92,14 @@ def load_result(path: Path) -> RunResult | None:
     return RunResult(**json.loads(path.read_text()))
 
 
+def _quiet_lightning() -> None:
+    # A benchmark builds ~100 trainers: their start-up banners would bury the progress lines.
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 class Benchmark:
     """Runs the rows x methods x seeds of a :class:`BenchmarkConfig` into ``out_dir``.
 
@@ -117,6 +127,16 @@ class Benchmark:
         self.log = log
         self._data: dict[str, RowData] = {}
         self._backbones: dict[str, nn.Module] = {}
+        self._seen: set[Path] = set()
+        self._planned = self.planned_runs()
+
+    def planned_runs(self) -> int:
+        """How many trainings the whole benchmark takes (tuning included, pretraining not)."""
+        cfg = self.cfg
+        methods = {m for row in cfg.rows for m in cfg.row_methods(row)}
+        tuned_again = len(cfg.row_methods(cfg.tuning_row))  # the first seed's runs are reused
+        runs = sum(len(cfg.row_methods(row)) * len(cfg.seeds) for row in cfg.rows)
+        return len(methods) * len(cfg.lr_grid) + runs - tuned_again
 
     # ------------------------------------------------------------------ inputs
     def checkpoint(self, source: str) -> Path:
@@ -141,6 +161,8 @@ class Benchmark:
                     method=source,
                     data=DataConfig(
                         dataset="fashion-mnist",
+                        data_root=self.cfg.data_root,
+                        num_workers=self.cfg.num_workers,
                         input_size=self.cfg.input_size,
                         seed=self.cfg.data_seed,
                         data_seed=self.cfg.data_seed,
@@ -173,7 +195,8 @@ class Benchmark:
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
 
         def embedded(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
-            return embed_dataset(f"{name}: {split}", embed, dataset, eval_cfg, device)
+            # One line per run is the benchmark's progress; a bar per split would bury it.
+            return embed_dataset(f"{name}: {split}", embed, dataset, eval_cfg, device, False)
 
         bank, labeled = embedded(data.bank, "bank"), embedded(data.labeled, "labeled")
         test = embedded(data.test, "test")
@@ -226,7 +249,7 @@ class Benchmark:
             return stored
         spec = method_spec(method)
         data = self.data(row)
-        pl.seed_everything(seed, workers=True)
+        pl.seed_everything(seed, workers=True, verbose=False)
         backbone = self.backbone(row.backbone)
         size = backbone_output_dim(backbone, (1, self.cfg.input_size, self.cfg.input_size))
         settings = self.cfg.settings.with_lr(spec.tuned_lr, lr)
@@ -237,6 +260,7 @@ class Benchmark:
             make_loader(data.labeled, eval_cfg.batch_size, shuffle=False)
         )
         history = EpochHistory()
+        _quiet_lightning()
         trainer = pl.Trainer(
             max_epochs=row.epochs,
             accelerator=self.accelerator,
@@ -304,12 +328,15 @@ class Benchmark:
         return chosen
 
     def _run_logged(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
-        cached = result_path(self.out_dir, row.name, method, lr, seed).is_file()
+        path = result_path(self.out_dir, row.name, method, lr, seed)
+        cached = path.is_file()
         started = time.perf_counter()
         result = self.run(row, method, seed, lr)
+        self._seen.add(path)  # finished runs count too: the position in the whole benchmark
         if not cached:
             m = result.metrics
             self.log(
+                f"[{len(self._seen)}/{self._planned}] "
                 f"{row.name:18s} {method:28s} seed {seed} lr {lr:.2g}: "
                 f"acc {m.get('classifier_accuracy', float('nan')):.3f} "
                 f"kNN {m['knn_top1_dino']:.3f} MAP@R {m['mean_average_precision_at_r']:.3f} "

@@ -219,11 +219,12 @@ DEMO_OVERLAY: dict[str, Any] = {
     "posttrain": {
         "out_dir": "runs/demo",
         "epochs": 3,
-        "label_fraction": 0.1,
+        "label_fraction": 0.05,
         "batch_size": 128,
-        "val_images": 1000,
+        "val_images": 500,
+        "baselines": ["ce-linear"],
         "data": {"input_size": 28},
-        "eval": {"max_train_images": 8000, "max_test_images": 5000},
+        "eval": {"max_train_images": 5000, "max_test_images": 3000},
     },
 }
 

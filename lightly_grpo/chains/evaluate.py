@@ -120,12 +120,17 @@ def class_means_accuracy(
 
 
 def embed_dataset(
-    name: str, embed: EmbedFn, dataset: Dataset[Any], cfg: EvalConfig, device: torch.device
+    name: str,
+    embed: EmbedFn,
+    dataset: Dataset[Any],
+    cfg: EvalConfig,
+    device: torch.device,
+    progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised (N, D) CPU embeddings and (N,) labels of a labeled dataset (eval mode is
     the caller's), with a progress bar named ``name``."""
     loader = make_loader(dataset, cfg.batch_size, shuffle=False)
-    embeddings, labels = embed_loader(embed, loader, device, True, name, normalize=False)
+    embeddings, labels = embed_loader(embed, loader, device, progress, name, normalize=False)
     assert labels is not None  # embed_loader requires labels by default
     return embeddings, labels
 

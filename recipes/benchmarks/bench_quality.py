@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from lightly_grpo.benchmark import PRESETS, run_benchmark
@@ -35,8 +36,11 @@ def main() -> None:
     parser.add_argument("--simclr-checkpoint", help="backbone.pt / .ckpt to start from")
     parser.add_argument("--dino-checkpoint", help="backbone.pt / .ckpt to start from")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--data-root", help="Fashion-MNIST folder (default: Debian's)")
+    parser.add_argument("--num-workers", type=int, default=0, help="training loader workers")
     args = parser.parse_args()
     cfg = PRESETS[args.preset].select(args.rows, args.methods, args.seeds)
+    cfg = dataclasses.replace(cfg, data_root=args.data_root, num_workers=args.num_workers)
     checkpoints = {
         source: path
         for source, path in (("simclr", args.simclr_checkpoint), ("dino", args.dino_checkpoint))

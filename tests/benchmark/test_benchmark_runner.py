@@ -1,0 +1,84 @@
+"""A real (tiny) benchmark: tuning on validation, results per run, resume without redoing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightly_grpo.backbones import export_backbone, resnet18_small
+from lightly_grpo.benchmark import BenchmarkConfig, DataRow, row_data, run_benchmark
+from lightly_grpo.benchmark.runner import Benchmark, result_path
+from lightly_grpo.methods import MethodSettings
+
+ROW = DataRow("digits", dataset="digits", label_fraction=0.1, epochs=1, batch_size=32)
+CFG = BenchmarkConfig(
+    rows=(ROW,),
+    methods=("ce-linear", "grpo-uniformity"),
+    seeds=(0, 1),
+    lr_grid=(1.0, 2.0),
+    settings=MethodSettings(lr_backbone=1e-3, lr_criterion=1e-2),
+    input_size=16,
+    val_images=60,
+    bank_images=300,
+    test_images=120,
+    eval_batch_size=256,
+)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("bench")
+    checkpoint = export_backbone(resnet18_small(), root / "backbone.pt")
+    out = root / "out"
+    run_benchmark(CFG, out, {"simclr": str(checkpoint)}, accelerator="cpu")
+    return out, {"simclr": str(checkpoint)}
+
+
+def test_rows_fix_the_images_for_every_method_and_seed() -> None:
+    first, second = row_data(CFG, ROW), row_data(CFG, ROW)
+    assert first.labeled.indices == second.labeled.indices  # type: ignore[attr-defined]
+    labeled = set(first.labeled.indices)  # type: ignore[attr-defined]
+    assert not labeled & set(first.validation.indices)  # type: ignore[attr-defined]
+    assert len(first.test) == 120 and len(first.bank) == 300 and len(first.validation) == 60
+    orders = [next(iter(first.train_loader(32, seed)))[1].tolist() for seed in (0, 1)]
+    assert orders[0] != orders[1]
+
+
+def test_learning_rates_are_chosen_on_validation_and_used_for_every_seed(
+    finished: tuple[Path, dict[str, str]],
+) -> None:
+    out, _ = finished
+    tuning = json.loads((out / "tuning.json").read_text())
+    for method, entry in tuning["methods"].items():
+        scores = {float(lr): score for lr, score in entry["scores"].items()}
+        assert len(scores) == 2
+        assert scores[entry["chosen"]] == max(scores.values()), method
+        chosen = entry["chosen"]
+        for seed in (0, 1):
+            stored = json.loads(result_path(out, "digits", method, chosen, seed).read_text())
+            assert stored["lr"] == chosen and stored["seed"] == seed
+            assert 0.0 <= stored["metrics"]["classifier_accuracy"] <= 1.0
+            assert stored["history"] and "val/accuracy" in stored["history"][-1]
+    table = (out / "results.md").read_text()
+    assert "| ce-linear |" in table and "| grpo-uniformity |" in table
+    assert "pretrained backbone" in table and (out / "convergence.png").is_file()
+
+
+def test_a_rerun_resumes_without_redoing_finished_runs(
+    finished: tuple[Path, dict[str, str]],
+) -> None:
+    out, checkpoints = finished
+    files = sorted((out / "runs").rglob("*.json"))
+    assert len(files) == 1 + 2 * 2 + 2  # pretrained, 2 methods x 2 rates, the second seed x 2
+    assert not list(out.rglob("*.tmp"))  # written atomically: no half-written files left
+    stamps = {path: path.stat().st_mtime_ns for path in files}
+    lost = files[-1]
+    lost.unlink()  # as if the benchmark was killed during this run
+    bench = Benchmark(CFG, out, checkpoints, accelerator="cpu")
+    bench.run_all()
+    assert lost.is_file()
+    for path, stamp in stamps.items():
+        if path != lost:
+            assert path.stat().st_mtime_ns == stamp, path
