@@ -24,7 +24,7 @@ name                            objective
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from pytorch_metric_learning.losses import ProxyAnchorLoss, SupConLoss
@@ -205,20 +205,50 @@ _METHODS: tuple[MethodSpec, ...] = (
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _METHODS}
 
 
+def _variant(spec: MethodSpec, name: str, overrides: dict[str, Any]) -> MethodSpec:
+    def build(
+        backbone: nn.Module, num_classes: int, size: int, settings: MethodSettings
+    ) -> PostTrainingModule:
+        changed: MethodSettings = replace(settings, **overrides)
+        return spec.build(backbone, num_classes, size, changed)
+
+    changes = ", ".join(f"{key}={value:g}" for key, value in overrides.items())
+    return MethodSpec(name, f"{spec.description} ({changes})", build, spec.tuned_lr, spec.is_grpo)
+
+
 def method_spec(name: str) -> MethodSpec:
-    """The method called ``name``.
+    """The method called ``name``, or a variant ``"<method>@<setting>=<value>,..."`` of it whose
+    :class:`MethodSettings` are overridden (e.g. ``"grpo-uniformity@uniformity=2"``), the way a
+    benchmark sweeps one setting.
 
     Raises:
-        ValueError: For an unknown name; the message lists the known ones.
+        ValueError: For an unknown method or setting, or a value that is not a number; the
+            message lists the known ones.
 
     Examples:
         >>> method_spec("ce-linear").tuned_lr
         'lr_backbone'
+        >>> method_spec("grpo-uniformity@uniformity=2,temperature=0.05").description
+        'GRPO-RM, accuracy + uniformity (-lambda pi_old) (uniformity=2, temperature=0.05)'
     """
+    base, _, variant = name.partition("@")
     try:
-        return METHODS[name]
+        spec = METHODS[base]
     except KeyError:
-        raise ValueError(f"Unknown method {name!r}; known: {', '.join(METHODS)}") from None
+        raise ValueError(f"Unknown method {base!r}; known: {', '.join(METHODS)}") from None
+    if not variant:
+        return spec
+    known = {f.name for f in fields(MethodSettings)} - {"batchnorm"}
+    overrides: dict[str, Any] = {}
+    for item in variant.split(","):
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise ValueError(f"method {name!r}: unknown setting {key!r}; known: {sorted(known)}")
+        try:
+            overrides[key] = int(value) if key == "warmup_steps" else float(value)
+        except ValueError:
+            raise ValueError(f"method {name!r}: {key} must be a number, got {value!r}") from None
+    return _variant(spec, name, overrides)
 
 
 def build_method(

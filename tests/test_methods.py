@@ -75,3 +75,16 @@ def test_grpo_variants_differ_in_reward_and_reference_only() -> None:
     assert "Uniformity" in repr(kl.criterion.reward) and "Uniformity" not in repr(
         plain.criterion.reward
     )
+
+
+def test_a_variant_overrides_settings_and_rejects_unknown_ones() -> None:
+    variant = build_method("grpo-uniformity@uniformity=2.5,temperature=0.2", small_cnn(), 10, 32)
+    assert isinstance(variant, GRPORMStage)
+    assert variant.criterion.temperature == 0.2 and "weight=2.5" in repr(variant.criterion.reward)
+    spec = method_spec("ce-linear@warmup_steps=5")
+    assert spec.name == "ce-linear@warmup_steps=5" and spec.tuned_lr == "lr_backbone"
+    assert build_method(spec.name, small_cnn(), 10, 32).warmup_steps == 5
+    with pytest.raises(ValueError, match=r"unknown setting 'tau'.*temperature"):
+        method_spec("grpo-kl@tau=1")
+    with pytest.raises(ValueError, match="beta must be a number, got 'big'"):
+        method_spec("grpo-kl@beta=big")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lightly_grpo.methods import METHODS, MethodSettings
+from lightly_grpo.methods import METHODS, MethodSettings, method_spec
 
 #: Pretraining recipes a row's backbone can come from.
 BACKBONE_SOURCES = ("simclr", "dino")
@@ -59,8 +59,7 @@ class DataRow:
                 f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}"
             )
         for method in self.methods or ():
-            if method not in METHODS:
-                raise ValueError(f"row {self.name!r}: unknown method {method!r}")
+            method_spec(method)  # raises for an unknown method or setting
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,7 @@ class BenchmarkConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"row names must be unique, got {names}")
         for method in self.methods:
-            if method not in METHODS:
-                raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+            method_spec(method)  # raises for an unknown method or setting
         if not self.seeds:
             raise ValueError("a benchmark needs at least one seed")
         if not self.lr_grid or any(not m > 0 for m in self.lr_grid):

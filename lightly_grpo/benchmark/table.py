@@ -9,7 +9,7 @@ the two standard deviations.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
 from lightly_grpo.benchmark.runner import PRETRAINED, RunResult
 from lightly_grpo.data import SHIFT_STRENGTHS
-from lightly_grpo.methods import METHODS
+from lightly_grpo.methods import METHODS, method_spec
 
 #: The reference every other method is marked against.
 REFERENCE_METHOD = "ce-linear"
@@ -125,13 +125,20 @@ def _format(cell: Cell | None, key: str) -> str:
     return f"{cell.mean:.3f} ± {cell.std:.3f}"
 
 
+def _ordered(methods: Iterable[str]) -> list[str]:
+    """The pretrained row, the registered methods in table order, then variants as given."""
+    given = list(dict.fromkeys(methods))
+    known = [m for m in (PRETRAINED, *METHODS) if m in given]
+    return known + [m for m in given if m not in known]
+
+
 def markdown_table(
     table: dict[str, dict[str, Cell]],
     columns: Sequence[tuple[str, str]],
     lrs: dict[str, float] | None = None,
 ) -> str:
     """One Markdown table: a line per method (pretrained first), a column per metric."""
-    methods = [m for m in (PRETRAINED, *METHODS) if m in table]
+    methods = _ordered(table)
     trained = [m for m in methods if m != PRETRAINED]
     best: dict[str, float] = {}
     for key, _ in columns:
@@ -218,7 +225,7 @@ def convergence_plot(cfg: BenchmarkConfig, results: Sequence[RunResult], path: P
     rows = [row for row in cfg.rows if any(r.row == row.name for r in results)]
     fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.2 * max(1, len(rows)), 3.4))
     for ax, row in zip(np.atleast_1d(axes), rows, strict=False):
-        for method in METHODS:
+        for method in _ordered(r.method for r in results if r.row == row.name):
             curves = [
                 accuracy_curve(r) for r in results if r.row == row.name and r.method == method
             ]
@@ -229,7 +236,7 @@ def convergence_plot(cfg: BenchmarkConfig, results: Sequence[RunResult], path: P
             values = np.array([c[:length] for c in curves])
             epochs = np.arange(1, length + 1)
             mean, std = values.mean(0), values.std(0)
-            style = "-" if METHODS[method].is_grpo else "--"
+            style = "-" if method_spec(method).is_grpo else "--"
             ax.plot(epochs, mean, style, marker="o", markersize=3, label=method)
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
         ax.set_title(row.name)

@@ -15,6 +15,9 @@ Usage:
     python recipes/benchmarks/bench_quality.py --preset cpu --out runs/bench_cpu
     python recipes/benchmarks/bench_quality.py --preset gpu --out runs/bench_gpu  # one GPU
     python recipes/benchmarks/bench_quality.py --rows digits --methods ce-linear grpo-kl --seeds 0
+    # a sweep of one setting at a fixed learning rate (method variants: <method>@<setting>=<v>)
+    python recipes/benchmarks/bench_quality.py --rows fmnist-10% --lr-grid 1 \
+        --methods grpo-uniformity@uniformity=3,lr_backbone=3e-4
 """
 
 from __future__ import annotations
@@ -36,11 +39,19 @@ def main() -> None:
     parser.add_argument("--simclr-checkpoint", help="backbone.pt / .ckpt to start from")
     parser.add_argument("--dino-checkpoint", help="backbone.pt / .ckpt to start from")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--lr-grid",
+        nargs="+",
+        type=float,
+        help="multipliers of each method's learning rate to tune over (1 turns tuning off)",
+    )
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: Debian's)")
     parser.add_argument("--num-workers", type=int, default=0, help="training loader workers")
     args = parser.parse_args()
     cfg = PRESETS[args.preset].select(args.rows, args.methods, args.seeds)
     cfg = dataclasses.replace(cfg, data_root=args.data_root, num_workers=args.num_workers)
+    if args.lr_grid:
+        cfg = dataclasses.replace(cfg, lr_grid=tuple(args.lr_grid))
     checkpoints = {
         source: path
         for source, path in (("simclr", args.simclr_checkpoint), ("dino", args.dino_checkpoint))

@@ -32,7 +32,7 @@ def test_select_keeps_a_subset_and_rejects_unknown_names() -> None:
     ("change", "match"),
     [
         ({"rows": ()}, "at least one row"),
-        ({"methods": ("adam",)}, "unknown method 'adam'"),
+        ({"methods": ("adam",)}, "Unknown method 'adam'"),
         ({"seeds": ()}, "at least one seed"),
         ({"lr_grid": (1.0, 0.0)}, "positive multipliers"),
         ({"tune_row": "nope"}, "tune_row 'nope'"),
@@ -50,7 +50,7 @@ def test_bad_benchmark_settings_name_the_value(change: dict[str, object], match:
         ({"label_fraction": 0.0}, r"label_fraction must be in \(0, 1\], got 0.0"),
         ({"imbalance_ratio": 0.5}, "imbalance_ratio must be >= 1, got 0.5"),
         ({"epochs": 0}, "epochs and batch_size"),
-        ({"methods": ("byol",)}, "unknown method 'byol'"),
+        ({"methods": ("byol",)}, "Unknown method 'byol'"),
     ],
 )
 def test_bad_rows_name_the_value(change: dict[str, object], match: str) -> None:

@@ -74,3 +74,11 @@ def test_the_whole_section_and_the_plot_are_written(tmp_path: Path) -> None:
     assert "### digits" in text and "| grpo-kl | 0.0003 |" in text
     path = convergence_plot(cfg, results, tmp_path / "convergence.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_variants_follow_the_registered_methods_in_the_table() -> None:
+    variant = "grpo-uniformity@uniformity=3"
+    results = [_run(m, 0, 0.8, 0.7, [0.7]) for m in (variant, "ce-linear", "grpo-kl")]
+    text = markdown_table(aggregate(results, "digits"), [("knn_top1_dino", "kNN")])
+    names = [line.split("|")[1].strip() for line in text.splitlines()[2:]]
+    assert names == ["ce-linear", "grpo-kl", variant]
