@@ -91,7 +91,8 @@ class BenchmarkConfig:
         val_images: Train-split images held out for validation (never trained on).
         bank_images: Train-split images in the kNN bank (eval transform, fixed).
         test_images: Test-split images scored (fixed); None uses all.
-        shift_images: How many of those test images the shifted test sets hold; None: all.
+        shift_images: How many of those test images the shifted test sets hold (the first ones
+            by index of the randomly drawn test images); None: all.
         architecture: Backbone architecture of the pretraining.
         pretrain: How missing checkpoints are made.
         eval_batch_size: Batch size when embedding.
@@ -130,6 +131,9 @@ class BenchmarkConfig:
             raise ValueError("a benchmark needs at least one seed")
         if not self.lr_grid or any(not m > 0 for m in self.lr_grid):
             raise ValueError(f"lr_grid must hold positive multipliers, got {self.lr_grid}")
+        # Result files name the rate with 3 significant digits: two rates must not share one.
+        if len({f"{m:.3g}" for m in self.lr_grid}) != len(self.lr_grid):
+            raise ValueError(f"lr_grid multipliers must differ in 3 digits, got {self.lr_grid}")
         if self.tune_row is not None and self.tune_row not in names:
             raise ValueError(f"tune_row {self.tune_row!r} is not a row; rows: {names}")
 
@@ -243,6 +247,7 @@ CPU_EXTRA_PRESET = BenchmarkConfig(
             methods=_CPU_SECONDARY,
         ),
     ),
+    tune_row="fmnist-10%-dino",  # its own backbone's rates, tuned as the main row's are
     **_CPU_SIZES,
 )
 

@@ -10,6 +10,7 @@ validation images of the tuning row with the first seed; the chosen rates go to
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -57,6 +58,8 @@ class RunResult:
             labeled images for a method without a classifier.
         history: Per-epoch logged metrics (``val/accuracy`` is the accuracy curve).
         train_seconds: Wall time of ``trainer.fit``.
+        fingerprint: Hash of every setting the run's numbers depend on (see
+            :meth:`Benchmark.fingerprint`); a stored result with another one is not reused.
     """
 
     row: str
@@ -69,6 +72,7 @@ class RunResult:
     val_score: float = float("nan")
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    fingerprint: str = ""
 
 
 def result_path(out_dir: Path, row: str, method: str, lr: float, seed: int) -> Path:
@@ -98,6 +102,12 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _classifier(module: PostTrainingModule) -> Callable[[Tensor], Tensor]:
+    # The evaluation hands over CPU embeddings; the head lives on the module's device.
+    device = module.device
+    return lambda embeddings: module.classify_embeddings(embeddings.to(device)).cpu()
 
 
 class Benchmark:
@@ -145,10 +155,21 @@ class Benchmark:
             return Path(self.checkpoints[source])
         folder = self.out_dir / "pretrain" / source
         exported = folder / "backbone.pt"
-        if not exported.is_file():
+        spec = self.cfg.pretrain
+        wanted: dict[str, Any] = {"epochs": spec.epochs, "max_images": spec.images}
+        wanted |= {"batch_size": spec.batch_size}
+        wanted |= {"method": source, "architecture": self.cfg.architecture}
+        if exported.is_file():
+            saved = json.loads((folder / "config.json").read_text())
+            differing = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+            if differing:
+                raise ValueError(
+                    f"{folder} holds a {source} pretraining with other settings "
+                    f"(found, wanted): {differing}; use another output folder"
+                )
+        else:
             from lightly_grpo.chains.pretrain import pretrain
 
-            spec = self.cfg.pretrain
             self.log(f"pretraining {source}: {spec.images} images x {spec.epochs} epochs")
             started = time.perf_counter()
             pretrain(
@@ -181,6 +202,31 @@ class Benchmark:
                 self.checkpoint(source), self.cfg.architecture, in_channels=1
             )
         return copy.deepcopy(self._backbones[source])
+
+    def fingerprint(self, row: DataRow) -> str:
+        """A hash of everything a run of ``row`` depends on besides method, rate and seed: the
+        row (but not its method list), the shared settings, the image counts, the backbone."""
+        cfg = self.cfg
+        source = self.checkpoints.get(row.backbone)
+        facts = {
+            "row": {k: v for k, v in asdict(row).items() if k != "methods"},
+            "settings": asdict(cfg.settings),
+            "images": [cfg.val_images, cfg.bank_images, cfg.test_images, cfg.shift_images],
+            "protocol": [cfg.data_seed, cfg.input_size, cfg.augment, cfg.architecture],
+            "backbone": str(source) if source else asdict(cfg.pretrain),
+        }
+        text = json.dumps(facts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _stored(self, path: Path, row: DataRow) -> RunResult | None:
+        stored = load_result(path)
+        if stored is not None and stored.fingerprint != self.fingerprint(row):
+            raise ValueError(
+                f"{path} holds a run made with other settings (fingerprint "
+                f"{stored.fingerprint or 'none'}, now {self.fingerprint(row)}): use another output "
+                "folder, or delete the folder's runs/ to start again"
+            )
+        return stored
 
     def data(self, row: DataRow) -> RowData:
         if row.name not in self._data:
@@ -220,7 +266,7 @@ class Benchmark:
     def run_pretrained(self, row: DataRow) -> RunResult:
         """The pretrained backbone of ``row`` without post-training (evaluated once)."""
         path = result_path(self.out_dir, row.name, PRETRAINED, 0.0, 0)
-        stored = load_result(path)
+        stored = self._stored(path, row)
         if stored is not None:
             return stored
         backbone = self.backbone(row.backbone).to(self._device())
@@ -237,6 +283,7 @@ class Benchmark:
             shifted,
             validation,
             validation["knn_top1_dino"],
+            fingerprint=self.fingerprint(row),
         )
         write_json_atomic(path, asdict(result))
         return result
@@ -244,15 +291,17 @@ class Benchmark:
     def run(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
         """Trains and evaluates one method on one row with one seed (or loads the result)."""
         path = result_path(self.out_dir, row.name, method, lr, seed)
-        stored = load_result(path)
+        stored = self._stored(path, row)
         if stored is not None:
             return stored
         spec = method_spec(method)
         data = self.data(row)
-        pl.seed_everything(seed, workers=True, verbose=False)
+        # Everything that may draw random numbers the first time (loading or pretraining the
+        # backbone) happens before seeding: a run is the same first in a process or resumed.
         backbone = self.backbone(row.backbone)
         size = backbone_output_dim(backbone, (1, self.cfg.input_size, self.cfg.input_size))
-        settings = self.cfg.settings.with_lr(spec.tuned_lr, lr)
+        settings = spec.settings(self.cfg.settings).with_lr(spec.tuned_lr, lr)
+        pl.seed_everything(seed, workers=True, verbose=False)
         module: PostTrainingModule = spec.build(backbone, data.num_classes, size, settings)
         device = self._device()
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
@@ -281,14 +330,24 @@ class Benchmark:
         )
         seconds = time.perf_counter() - started
         module.to(device).eval()
-        classifier = module.classify_embeddings if module.can_predict_classes() else None
+        classifier = _classifier(module) if module.can_predict_classes() else None
         with eval_mode(module):
             metrics, shifted, validation = self._evaluate(
                 module.forward, data, classifier, f"{row.name} {method}"
             )
         score = validation.get("classifier_accuracy", validation["knn_top1_dino"])
         result = RunResult(
-            row.name, method, seed, lr, metrics, shifted, validation, score, history.rows, seconds
+            row.name,
+            method,
+            seed,
+            lr,
+            metrics,
+            shifted,
+            validation,
+            score,
+            history.rows,
+            seconds,
+            self.fingerprint(row),
         )
         write_json_atomic(path, asdict(result))
         return result
@@ -304,8 +363,8 @@ class Benchmark:
         report: dict[str, Any] = {"row": row.name, "seed": seed, "methods": {}}
         for method in methods:
             spec = method_spec(method)
-            base = getattr(self.cfg.settings, spec.tuned_lr)
-            scores = {}
+            base = getattr(spec.settings(self.cfg.settings), spec.tuned_lr)
+            scores: dict[float, float] = {}
             for multiplier in self.cfg.lr_grid:
                 lr = base * multiplier
                 result = self._run_logged(row, method, seed, lr)
@@ -321,7 +380,7 @@ class Benchmark:
             chosen[method] = best
             report["methods"][method] = {
                 "tuned": spec.tuned_lr,
-                "scores": {f"{lr:.3g}": s for lr, s in scores.items()},
+                "scores": [{"lr": lr, "val_score": score} for lr, score in scores.items()],
                 "chosen": best,
             }
         write_json_atomic(self.out_dir / "tuning.json", report)

@@ -178,7 +178,8 @@ def row_description(row: DataRow, counts: list[int] | None = None) -> str:
     pool = f" of a {row.pool_size}-image pool" if row.pool_size else ""
     size = f", {sum(counts)} labeled images (per class {counts})" if counts else ""
     return (
-        f"{row.dataset}, {row.backbone} backbone, {labeled}{pool}{size}; "
+        f"{row.dataset}, {row.backbone} backbone (pretrained on Fashion-MNIST), {labeled}{pool}"
+        f"{size}; "
         f"{row.epochs} epochs, batch {row.batch_size}"
     )
 

@@ -143,6 +143,13 @@ def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> 
     )
 
 
+def unlabeled_loader(cfg: PosttrainConfig) -> DataLoader[Any]:
+    """Train-split images (eval transform) that re-estimate BatchNorm statistics."""
+    batch = cfg.eval.batch_size
+    unlabeled = subset(eval_split(cfg.data, "train"), 50 * batch, cfg.data.data_seed + 3)
+    return make_loader(unlabeled, batch, shuffle=False)
+
+
 def fit_stage(
     trainer: pl.Trainer, stage: GRPORMStage, labeled: LabeledData, cfg: PosttrainConfig
 ) -> float:
@@ -160,9 +167,7 @@ def fit_stage(
     seconds = time.perf_counter() - started
     stage.to(device)  # Lightning's teardown moves the module back to the CPU
     if cfg.batchnorm == "recompute":
-        batch = cfg.eval.batch_size
-        unlabeled = subset(eval_split(cfg.data, "train"), 50 * batch, cfg.data.data_seed + 3)
-        stage.recompute_batchnorm(make_loader(unlabeled, batch, shuffle=False))
+        stage.recompute_batchnorm(unlabeled_loader(cfg))
     stage.eval()
     return seconds
 
@@ -186,8 +191,9 @@ def fit_baseline(
     labeled: LabeledData,
     out_dir: Path,
 ) -> PostTrainingModule:
-    """Trains the method ``name`` from a copy of ``pretrained`` exactly as GRPO-RM trains: the
-    same labeled images and order, epochs, learning rates, weight decay and BatchNorm policy.
+    """Trains the method ``name`` from a copy of ``pretrained`` as GRPO-RM trains: the same
+    labeled images in the same order, epochs, learning rates, weight decay and BatchNorm policy
+    (``recompute`` included), from the same seed.
 
     Returns:
         The trained module, in eval mode on the trainer's device.
@@ -203,18 +209,22 @@ def fit_baseline(
     )
     backbone = copy.deepcopy(pretrained)
     shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
-    module = build_method(
-        name, backbone, labeled.num_classes, backbone_output_dim(backbone, shape), settings
-    )
-    pl.seed_everything(cfg.data.seed, workers=True)
+    size = backbone_output_dim(backbone, shape)
+    # Seeded before the head exists, so a baseline does not depend on what trained before it.
+    pl.seed_everything(cfg.data.seed, workers=True, verbose=False)
+    module = build_method(name, backbone, labeled.num_classes, size, settings)
     generator = labeled.train.generator
     if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
         generator.manual_seed(cfg.data.seed)
     trainer = make_trainer(cfg.trainer, out_dir / "baselines" / name, cfg.epochs)
-    module.to(trainer.strategy.root_device).init_criterion(labeled.init)
+    device = trainer.strategy.root_device
+    module.to(device).init_criterion(labeled.init)
     module.train()
     trainer.fit(module, labeled.train, labeled.validation)
-    return module.to(trainer.strategy.root_device).eval()
+    module.to(device)
+    if cfg.batchnorm == "recompute":
+        module.recompute_batchnorm(unlabeled_loader(cfg))
+    return module.eval()
 
 
 def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
@@ -317,4 +327,5 @@ __all__ = [
     "fit_stage",
     "labeled_data",
     "posttrain",
+    "unlabeled_loader",
 ]

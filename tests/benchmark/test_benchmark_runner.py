@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def test_learning_rates_are_chosen_on_validation_and_used_for_every_seed(
     out, _ = finished
     tuning = json.loads((out / "tuning.json").read_text())
     for method, entry in tuning["methods"].items():
-        scores = {float(lr): score for lr, score in entry["scores"].items()}
-        assert len(scores) == 2
+        scores = {item["lr"]: item["val_score"] for item in entry["scores"]}
+        assert sorted(scores) == [1e-3, 2e-3]
         assert scores[entry["chosen"]] == max(scores.values()), method
         chosen = entry["chosen"]
         for seed in (0, 1):
@@ -61,6 +62,9 @@ def test_learning_rates_are_chosen_on_validation_and_used_for_every_seed(
             assert stored["lr"] == chosen and stored["seed"] == seed
             assert 0.0 <= stored["metrics"]["classifier_accuracy"] <= 1.0
             assert stored["history"] and "val/accuracy" in stored["history"][-1]
+            # Selected on the validation images' own-classifier accuracy, not on the test one.
+            assert stored["val_score"] == stored["validation"]["classifier_accuracy"]
+            assert stored["validation"] != stored["metrics"]  # other images than the test
     table = (out / "results.md").read_text()
     assert "| ce-linear |" in table and "| grpo-uniformity |" in table
     assert "pretrained backbone" in table and (out / "convergence.png").is_file()
@@ -74,11 +78,23 @@ def test_a_rerun_resumes_without_redoing_finished_runs(
     assert len(files) == 1 + 2 * 2 + 2  # pretrained, 2 methods x 2 rates, the second seed x 2
     assert not list(out.rglob("*.tmp"))  # written atomically: no half-written files left
     stamps = {path: path.stat().st_mtime_ns for path in files}
-    lost = files[-1]
+    lost = next(path for path in files if "grpo-uniformity" in str(path) and "seed1" in path.name)
+    before = json.loads(lost.read_text())
     lost.unlink()  # as if the benchmark was killed during this run
-    bench = Benchmark(CFG, out, checkpoints, accelerator="cpu")
-    bench.run_all()
-    assert lost.is_file()
+    Benchmark(CFG, out, checkpoints, accelerator="cpu").run_all()
+    after = json.loads(lost.read_text())
     for path, stamp in stamps.items():
         if path != lost:
-            assert path.stat().st_mtime_ns == stamp, path
+            assert path.stat().st_mtime_ns == stamp, path  # not redone
+    # The redone run is the same run: seeded alike whether first in its process or not.
+    for key in ("classifier_accuracy", "knn_top1_dino", "mean_average_precision_at_r"):
+        assert after["metrics"][key] == pytest.approx(before["metrics"][key], abs=1e-6), key
+
+
+def test_results_of_other_settings_are_not_reused(
+    finished: tuple[Path, dict[str, str]],
+) -> None:
+    out, checkpoints = finished
+    other = dataclasses.replace(CFG, rows=(dataclasses.replace(ROW, epochs=2),))
+    with pytest.raises(ValueError, match="other settings"):
+        Benchmark(other, out, checkpoints, accelerator="cpu").run_all()
