@@ -35,6 +35,7 @@ from lightly_grpo.chains.runtime import EpochHistory
 from lightly_grpo.data import make_loader
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.embedding import eval_mode
+from lightly_grpo.evaluation import RetrievalEvaluator
 from lightly_grpo.methods import method_spec
 from lightly_grpo.posttraining import PostTrainingModule
 
@@ -251,8 +252,11 @@ class Benchmark:
             shift: score_embeddings(bank, embedded(ds, shift), classifier, progress=False).metrics
             for shift, ds in data.shifted.items()
         }
+        # Selection needs kNN top-1 (k=20) against the labeled images, which can be fewer than
+        # the k=200 protocol asks for, and the classifier accuracy.
+        selection = RetrievalEvaluator(knn_protocols=("dino",), nmi=False, per_class=False)
         validation = score_embeddings(
-            labeled, embedded(data.validation, "validation"), classifier, progress=False
+            labeled, embedded(data.validation, "validation"), classifier, False, selection
         ).metrics
         return metrics, shifted, validation
 

@@ -49,7 +49,7 @@ def epochs_to_fraction(curve: Sequence[float], fraction: float = 0.95) -> float:
 
     Examples:
         >>> epochs_to_fraction([0.5, 0.8, 0.9, 0.91])
-        2.0
+        3.0
         >>> math.isnan(epochs_to_fraction([]))
         True
     """

@@ -40,7 +40,7 @@ from lightly_grpo.embedding import (
     embed_loader,
     eval_mode,
 )
-from lightly_grpo.evaluation import RetrievalResult, evaluate_against_bank
+from lightly_grpo.evaluation import RetrievalEvaluator, RetrievalResult, evaluate_against_bank
 from lightly_grpo.report import write_report
 
 #: Maps unnormalised (N, D) CPU embeddings to (N,) predicted classes: a model's own head.
@@ -140,6 +140,7 @@ def score_embeddings(
     test: tuple[Tensor, Tensor],
     classifier: ClassifierFn | None = None,
     progress: bool = True,
+    evaluator: RetrievalEvaluator | None = None,
 ) -> RetrievalResult:
     """Every metric of one model from its unnormalised train (bank) and test embeddings.
 
@@ -148,11 +149,12 @@ def score_embeddings(
     embeddings), plus two accuracies named for what they are: ``ncm_accuracy``, the
     nearest-class-mean classifier of the train bank (any model has one), and, when
     ``classifier`` is given, ``classifier_accuracy``, the model's own head (GRPO-RM's prototype
-    policy, a linear head, the nearest proxy) on the unnormalised test embeddings.
+    policy, a linear head, the nearest proxy) on the unnormalised test embeddings. ``evaluator``
+    chooses the kNN protocols and retrieval metrics (default: ``RetrievalEvaluator()``).
     """
     bank = F.normalize(train[0], dim=1)
     queries = F.normalize(test[0], dim=1)
-    result = evaluate_against_bank(queries, test[1], bank, train[1], progress=progress)
+    result = evaluate_against_bank(queries, test[1], bank, train[1], evaluator, progress)
     num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)
     result.metrics["ncm_accuracy"] = class_means_accuracy(
         (bank, train[1]), (queries, test[1]), num_classes
