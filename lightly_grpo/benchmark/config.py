@@ -218,7 +218,7 @@ CPU_PRESET = BenchmarkConfig(
             "digits",
             dataset="digits",
             label_fraction=1.0,
-            epochs=4,
+            epochs=2,
             batch_size=64,
             methods=_CPU_SECONDARY,
         ),

@@ -103,6 +103,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Frozen BatchNorm (the default policy) is eval mode on purpose.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 
 
 def _classifier(module: PostTrainingModule) -> Callable[[Tensor], Tensor]:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -222,8 +223,13 @@ def convergence_plot(cfg: BenchmarkConfig, results: Sequence[RunResult], path: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = [row for row in cfg.rows if any(r.row == row.name for r in results)]
+    # One colour per method across every panel (the legend is drawn once).
+    names = [m for m in _ordered(r.method for r in results) if m != PRETRAINED]
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.2 * max(1, len(rows)), 3.4))
     for ax, row in zip(np.atleast_1d(axes), rows, strict=False):
         for method in _ordered(r.method for r in results if r.row == row.name):
@@ -238,13 +244,20 @@ def convergence_plot(cfg: BenchmarkConfig, results: Sequence[RunResult], path: P
             epochs = np.arange(1, length + 1)
             mean, std = values.mean(0), values.std(0)
             style = "-" if method_spec(method).is_grpo else "--"
-            ax.plot(epochs, mean, style, marker="o", markersize=3, label=method)
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
+            colour = colours[method]
+            ax.plot(epochs, mean, style, marker="o", markersize=3, label=method, color=colour)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.15, color=colour)
         ax.set_title(row.name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
-    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    # The legend of every panel together, each method once.
+    found: dict[str, Any] = {}
+    for ax in np.atleast_1d(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            found.setdefault(label, handle)
+    handles, labels = list(found.values()), list(found)
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
