@@ -2,8 +2,9 @@
 
 Loads the checkpoint, initialises one prototype per class from the class means of a class-balanced
 labeled share of the train split, post-trains with ``GRPORMStage`` and writes a report comparing the
-SimCLR backbone with the post-trained one (kNN top-1 at k=20/T=0.07 and k=200/T=0.1, MAP@R, P@1,
-policy accuracy).
+pretrained backbone with the post-trained one (kNN top-1 at k=20/T=0.07 and k=200/T=0.1, MAP@R, P@1,
+each model's own classifier accuracy and the nearest-class-mean accuracy), plus any baselines
+trained beside it (``--baselines ce-linear supcon``).
 
     # CPU demo size
     python recipes/grpo_posttrain.py runs/simclr/simclr.ckpt --label-fraction 0.05 --epochs 6 \
