@@ -58,11 +58,14 @@ _TITLES = {
 
 def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     names = list(metrics)
-    keys = list(next(iter(metrics.values())))
+    # Every model's metrics: a plain backbone has no classifier_accuracy, a trained model has.
+    keys = list(dict.fromkeys(key for values in metrics.values() for key in values))
     width = max(len(k) for k in keys) + 2
-    print("".ljust(width) + "".join(n[:18].rjust(20) for n in names))
+    column = max(20, *(len(n) + 2 for n in names))
+    print("".ljust(width) + "".join(n.rjust(column) for n in names))
     for key in keys:
-        row = "".join(f"{metrics[n].get(key, float('nan')):20.4f}" for n in names)
+        cells = [metrics[n].get(key) for n in names]
+        row = "".join("–".rjust(column) if v is None else f"{v:{column}.4f}" for v in cells)
         print(key.ljust(width) + row)
 
 

@@ -290,7 +290,8 @@ def evaluate_posttrained(
                 PRETRAINED_NAME, backbone_embed_fn(reference), data, cfg.eval, device
             )
         }
-    for name, module in {"GRPO-RM": stage, **(baselines or {})}.items():
+    # GRPO-RM last: the report's delta column is the last model minus the first (the backbone).
+    for name, module in {**(baselines or {}), "GRPO-RM": stage}.items():
         with eval_mode(module):
             evaluations[name] = evaluate_embeddings(
                 name,
