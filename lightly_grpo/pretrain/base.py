@@ -13,8 +13,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
+import torch
+from lightly.models.utils import get_weight_decay_parameters
 from PIL import Image
 from torch import nn
+
+from lightly_grpo.schedules import per_step_cosine
 
 # Constructor arguments that build_module fills itself, so they are no hyperparameters.
 _BUILD_ARGUMENTS = ("self", "backbone", "feature_dim")
@@ -94,4 +98,21 @@ class PretrainMethod(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-__all__ = ["PretrainMethod"]
+def adamw_cosine(module: pl.LightningModule, trained: list[nn.Module]) -> dict[str, Any]:
+    """What every recipe's ``configure_optimizers`` returns: AdamW over ``trained`` (weight decay
+    off for norms and biases, as lightly's ``get_weight_decay_parameters`` splits them) with the
+    per-step cosine schedule, from the module's ``lr``, ``weight_decay`` and ``warmup_steps``
+    hyperparameters."""
+    decay, no_decay = get_weight_decay_parameters(trained)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=module.hparams["lr"],
+        weight_decay=module.hparams["weight_decay"],
+    )
+    schedule = per_step_cosine(
+        optimizer, module.trainer.estimated_stepping_batches, module.hparams["warmup_steps"]
+    )
+    return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+__all__ = ["PretrainMethod", "adamw_cosine"]

@@ -18,7 +18,6 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import (
     deactivate_requires_grad,
-    get_weight_decay_parameters,
     update_momentum,
 )
 from lightly.transforms import DINOTransform
@@ -27,8 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightly_grpo.data.transforms import _prepend_to_views, channel_step, normalize_stats
-from lightly_grpo.pretrain.base import PretrainMethod
-from lightly_grpo.schedules import per_step_cosine
+from lightly_grpo.pretrain.base import PretrainMethod, adamw_cosine
 
 #: Smallest side of a local view: below it a 28 px image's crop holds next to nothing.
 MIN_LOCAL_CROP_SIZE = 8
@@ -198,16 +196,7 @@ class DINOModule(pl.LightningModule):
         self.student_head.cancel_last_layer_gradients(current_epoch=self.current_epoch)
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = get_weight_decay_parameters([self.backbone, self.student_head])
-        optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams["lr"],
-            weight_decay=self.hparams["weight_decay"],
-        )
-        schedule = per_step_cosine(
-            optimizer, self.trainer.estimated_stepping_batches, self.hparams["warmup_steps"]
-        )
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return adamw_cosine(self, [self.backbone, self.student_head])
 
 
 class DINOMethod(PretrainMethod):

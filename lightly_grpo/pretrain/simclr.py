@@ -6,16 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
-from lightly.models.utils import get_weight_decay_parameters
 from PIL import Image
 from torch import Tensor, nn
 
 from lightly_grpo.data.transforms import simclr_transform
-from lightly_grpo.pretrain.base import PretrainMethod
-from lightly_grpo.schedules import per_step_cosine
+from lightly_grpo.pretrain.base import PretrainMethod, adamw_cosine
 
 
 class SimCLRModule(pl.LightningModule):
@@ -36,6 +33,7 @@ class SimCLRModule(pl.LightningModule):
         warmup_steps: Linear warmup steps.
 
     Examples:
+        >>> import torch
         >>> model = SimCLRModule(nn.Sequential(nn.Flatten(), nn.Linear(16, 8)), feature_dim=8)
         >>> model(torch.zeros(4, 1, 4, 4)).shape
         torch.Size([4, 128])
@@ -76,16 +74,7 @@ class SimCLRModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = get_weight_decay_parameters([self.backbone, self.projection_head])
-        optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams["lr"],
-            weight_decay=self.hparams["weight_decay"],
-        )
-        schedule = per_step_cosine(
-            optimizer, self.trainer.estimated_stepping_batches, self.hparams["warmup_steps"]
-        )
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return adamw_cosine(self, [self.backbone, self.projection_head])
 
 
 class SimCLRMethod(PretrainMethod):
