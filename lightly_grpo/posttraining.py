@@ -12,7 +12,7 @@ cross-entropy, SupCon and ProxyAnchor baselines go in ``lightly_grpo/baselines.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -184,6 +184,14 @@ class PostTrainingModule(pl.LightningModule):
     def predict_classes(self, images: Tensor) -> Tensor:
         """The model's own class prediction for each image (its head or policy), shape (B,)."""
         return self.classify_embeddings(self(images))
+
+    def classifier_fn(self) -> Callable[[Tensor], Tensor] | None:
+        """:meth:`classify_embeddings` for CPU embeddings (what the evaluation hands over), run
+        on the module's device; None for a model without a classifier of its own."""
+        if not self.can_predict_classes():
+            return None
+        device = self.device
+        return lambda embeddings: self.classify_embeddings(embeddings.to(device)).cpu()
 
     def can_predict_classes(self) -> bool:
         """Whether the model has a classifier of its own (:meth:`classify_embeddings`)."""

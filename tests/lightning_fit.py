@@ -8,7 +8,13 @@ from typing import Any
 import pytorch_lightning as pl
 
 
-def fit_steps(module: pl.LightningModule, loader: Any, root: Path, steps: int) -> pl.Trainer:
+def fit_steps(
+    module: pl.LightningModule,
+    loader: Any,
+    root: Path,
+    steps: int,
+    callbacks: list[pl.Callback] | None = None,
+) -> pl.Trainer:
     """Fits ``module`` for ``steps`` optimizer steps on the CPU and returns the trainer."""
     trainer = pl.Trainer(
         max_steps=steps,
@@ -18,6 +24,7 @@ def fit_steps(module: pl.LightningModule, loader: Any, root: Path, steps: int) -
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
+        callbacks=callbacks,
     )
     trainer.fit(module, loader)
     return trainer

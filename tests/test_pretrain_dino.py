@@ -126,17 +126,7 @@ def test_two_step_dino_fit_trains_the_student_and_moves_the_teacher_by_ema(
     init = {k: v.clone() for k, v in module.state_dict().items()}
     torch.testing.assert_close(init["teacher_backbone.conv1.weight"], init["backbone.conv1.weight"])
     recorder = _RecordEMA()
-    trainer = pl.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[recorder],
-    )
-    trainer.fit(module, _digits_loader(method, 16))
+    trainer = fit_steps(module, _digits_loader(method, 16), tmp_path, 2, callbacks=[recorder])
     assert trainer.global_step == 2
     loss = trainer.callback_metrics["train/dino_loss_step"]
     assert torch.isfinite(loss) and loss > 0

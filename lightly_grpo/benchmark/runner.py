@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor, nn
 
 from lightly_grpo.backbones import backbone_output_dim, load_backbone
@@ -31,7 +30,7 @@ from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
 from lightly_grpo.benchmark.data import RowData, row_data
 from lightly_grpo.chains.config import EvalConfig, PretrainConfig, TrainerConfig
 from lightly_grpo.chains.evaluate import backbone_embed_fn, embed_dataset, score_embeddings
-from lightly_grpo.chains.runtime import EpochHistory
+from lightly_grpo.chains.runtime import EpochHistory, resolve_device
 from lightly_grpo.data import make_loader
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.embedding import eval_mode
@@ -107,12 +106,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 
 
-def _classifier(module: PostTrainingModule) -> Callable[[Tensor], Tensor]:
-    # The evaluation hands over CPU embeddings; the head lives on the module's device.
-    device = module.device
-    return lambda embeddings: module.classify_embeddings(embeddings.to(device)).cpu()
-
-
 class Benchmark:
     """Runs the rows x methods x seeds of a :class:`BenchmarkConfig` into ``out_dir``.
 
@@ -137,6 +130,7 @@ class Benchmark:
         self.out_dir = Path(out_dir)
         self.checkpoints = dict(checkpoints or {})
         self.accelerator = accelerator
+        self.device = resolve_device(accelerator)  # where evaluation embeds, as Lightning picks
         self.log = log
         self._data: dict[str, RowData] = {}
         self._backbones: dict[str, nn.Module] = {}
@@ -240,7 +234,7 @@ class Benchmark:
     def _evaluate(
         self, embed: Callable[[Tensor], Tensor], data: RowData, classifier: Any, name: str
     ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
-        device = self._device()
+        device = self.device
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
 
         def embedded(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
@@ -262,20 +256,13 @@ class Benchmark:
         ).metrics
         return metrics, shifted, validation
 
-    def _device(self) -> torch.device:
-        if self.accelerator in ("gpu", "cuda") or (
-            self.accelerator == "auto" and torch.cuda.is_available()
-        ):
-            return torch.device("cuda")
-        return torch.device("cpu")
-
     def run_pretrained(self, row: DataRow) -> RunResult:
         """The pretrained backbone of ``row`` without post-training (evaluated once)."""
         path = result_path(self.out_dir, row.name, PRETRAINED, 0.0, 0)
         stored = self._stored(path, row)
         if stored is not None:
             return stored
-        backbone = self.backbone(row.backbone).to(self._device())
+        backbone = self.backbone(row.backbone).to(self.device)
         with eval_mode(backbone):
             metrics, shifted, validation = self._evaluate(
                 backbone_embed_fn(backbone), self.data(row), None, f"{row.name} pretrained"
@@ -309,7 +296,7 @@ class Benchmark:
         settings = spec.settings(self.cfg.settings).with_lr(spec.tuned_lr, lr)
         pl.seed_everything(seed, workers=True, verbose=False)
         module: PostTrainingModule = spec.build(backbone, data.num_classes, size, settings)
-        device = self._device()
+        device = self.device
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
         module.to(device).init_criterion(
             make_loader(data.labeled, eval_cfg.batch_size, shuffle=False)
@@ -336,7 +323,7 @@ class Benchmark:
         )
         seconds = time.perf_counter() - started
         module.to(device).eval()
-        classifier = _classifier(module) if module.can_predict_classes() else None
+        classifier = module.classifier_fn()
         with eval_mode(module):
             metrics, shifted, validation = self._evaluate(
                 module.forward, data, classifier, f"{row.name} {method}"

@@ -6,14 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
@@ -151,16 +150,17 @@ def unlabeled_loader(cfg: PosttrainConfig) -> DataLoader[Any]:
 
 
 def fit_stage(
-    trainer: pl.Trainer, stage: GRPORMStage, labeled: LabeledData, cfg: PosttrainConfig
+    trainer: pl.Trainer, stage: PostTrainingModule, labeled: LabeledData, cfg: PosttrainConfig
 ) -> float:
-    """Initialises the prototypes, trains, and leaves the stage in eval mode on the trainer's
-    device (with re-estimated BatchNorm statistics for ``batchnorm="recompute"``).
+    """Initialises the criterion (GRPO-RM's prototypes at the class means), trains, and leaves
+    the module in eval mode on the trainer's device (with re-estimated BatchNorm statistics for
+    ``batchnorm="recompute"``). GRPO-RM and every baseline train through here.
 
     Returns:
         The training time in seconds.
     """
     device = trainer.strategy.root_device
-    stage.to(device).init_prototypes(labeled.init)
+    stage.to(device).init_criterion(labeled.init)
     started = time.perf_counter()
     stage.train()  # a loaded backbone arrives in eval mode
     trainer.fit(stage, labeled.train, labeled.validation)
@@ -217,14 +217,8 @@ def fit_baseline(
     if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
         generator.manual_seed(cfg.data.seed)
     trainer = make_trainer(cfg.trainer, out_dir / "baselines" / name, cfg.epochs)
-    device = trainer.strategy.root_device
-    module.to(device).init_criterion(labeled.init)
-    module.train()
-    trainer.fit(module, labeled.train, labeled.validation)
-    module.to(device)
-    if cfg.batchnorm == "recompute":
-        module.recompute_batchnorm(unlabeled_loader(cfg))
-    return module.eval()
+    fit_stage(trainer, module, labeled, cfg)
+    return module
 
 
 def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
@@ -299,7 +293,7 @@ def evaluate_posttrained(
                 data,
                 cfg.eval,
                 device,
-                classifier=_classifier(module) if module.can_predict_classes() else None,
+                classifier=module.classifier_fn(),
             )
     outputs.report = report_models(
         evaluations,
@@ -311,11 +305,6 @@ def evaluate_posttrained(
         cfg.eval.grid_queries,
     )
     outputs.results = {name: e.result for name, e in evaluations.items()}
-
-
-def _classifier(module: PostTrainingModule) -> Callable[[Tensor], Tensor]:
-    device = module.device
-    return lambda z: module.classify_embeddings(z.to(device)).cpu()
 
 
 __all__ = [

@@ -5,12 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
-if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
+source recipes/benchmarks/device_env.sh
 QUICK=${QUICK:-0}   # QUICK=1: tiny sizes, to test the script on a CPU
 log() { tee -a "$OUT/gpu_check.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | log

@@ -7,12 +7,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_quality}
 mkdir -p "$OUT"
-if [ -d .whl ] && [ "${SKIP_WHEELS:-0}" != 1 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
+source recipes/benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$OUT/gpu_quality.log"
 ROOT=${DATA_ROOT:-device_data}
 # BENCH_ARGS narrows the run, e.g. BENCH_ARGS="--rows fmnist-10% --seeds 0".
