@@ -573,7 +573,8 @@ def export_backbone(
     Args:
         backbone: The backbone module, or a state dict (e.g. a Lightning module's) from
             which the backbone entries are taken as ``load_backbone`` would.
-        path: Output file (``.pt``); parent directories are created.
+        path: Output file (``.pt``); parent directories are created. The file is replaced
+            atomically: readers see the old file or the new one, never a partial write.
         prefix: For a state dict input, the backbone key prefix (see ``load_backbone``).
 
     Returns:
@@ -595,8 +596,14 @@ def export_backbone(
         state_dict = extract_backbone_state_dict(backbone, prefix)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # clone() so each tensor is saved with its own storage, not a view of a larger one.
-    torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, path)
+    # Written beside the target and renamed onto it: a crash while saving leaves the previous
+    # file intact, never a truncated one. clone() gives each tensor its own storage.
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -117,6 +117,23 @@ def test_export_backbone_roundtrip(tmp_path: Path, images: Tensor) -> None:
     torch.testing.assert_close(_features(loaded, images), _features(backbone, images))
 
 
+def test_export_backbone_replaces_the_file_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = export_backbone(resnet18_small(), tmp_path / "backbone.pt")
+    good = path.read_bytes()
+
+    def crash_mid_write(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        Path(f).write_bytes(good[:100])  # a truncated file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        export_backbone(resnet18_small(), path)
+    assert path.read_bytes() == good  # the previous export is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.pt"]  # no partial left
+
+
 def test_export_from_full_state_dict(tmp_path: Path, images: Tensor) -> None:
     backbone = _randomize_bn(resnet18_small())
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightly_grpo.chains import EpochHistory, RunOutputs, TrainerConfig, make_trainer
-from lightly_grpo.chains.runtime import resolve_device
+from lightly_grpo.chains.runtime import resolve_device, save_final_checkpoint
 
 
 class _Regression(pl.LightningModule):
@@ -57,7 +57,36 @@ def test_epoch_history_matches_the_csv_log(tmp_path: Path) -> None:
         for key, value in csv_row.items():
             assert ours[key] == pytest.approx(value, rel=1e-6), key
     assert history.rows[0]["train/loss"] != history.rows[-1]["train/loss"]
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # One checkpoint file on disk; last.ckpt links to it instead of copying it.
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_symlink() and last.is_file()
+    files = [p for p in (tmp_path / "checkpoints").iterdir() if not p.is_symlink()]
+    assert [p.name for p in files] == ["epoch=2-step=24.ckpt"]
+
+
+def test_final_checkpoint_is_a_hard_link_to_the_last_steps_file(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 4), torch.randn(32))
+    trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 2)
+    module = _Regression()
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    final = save_final_checkpoint(trainer, tmp_path / "out" / "final.ckpt")
+    saved = tmp_path / "checkpoints" / "epoch=1-step=8.ckpt"
+    assert final.stat().st_ino == saved.stat().st_ino  # no second copy on disk
+    state = torch.load(final, map_location="cpu", weights_only=True)
+    assert state["global_step"] == trainer.global_step == 8
+    assert torch.equal(state["state_dict"]["layer.weight"], module.layer.weight.detach())
+    assert not list((tmp_path / "out").glob(".*partial"))
+
+    # A trainer whose state no checkpoint file holds saves it afresh, replacing the final file.
+    trainer2 = pl.Trainer(
+        max_steps=1, enable_checkpointing=False, logger=False, enable_progress_bar=False
+    )
+    trainer2.fit(module, DataLoader(data, batch_size=8))
+    final = save_final_checkpoint(trainer2, final)
+    assert final.stat().st_ino != saved.stat().st_ino
+    assert torch.load(final, map_location="cpu", weights_only=True)["global_step"] == 1
+    assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 8
 
 
 def test_devices_are_resolved_by_lightning() -> None:

@@ -45,7 +45,12 @@ from lightly_grpo.chains.evaluate import (
 from lightly_grpo.chains.flags import load_config_file, merge_config
 from lightly_grpo.chains.posttrain import build_stage, posttrain
 from lightly_grpo.chains.pretrain import pretrain
-from lightly_grpo.chains.runtime import EpochHistory, make_trainer, resolve_device
+from lightly_grpo.chains.runtime import (
+    EpochHistory,
+    make_trainer,
+    resolve_device,
+    save_final_checkpoint,
+)
 
 __all__ = [
     "DEMO_OVERLAY",
@@ -76,5 +81,6 @@ __all__ = [
     "pretrain",
     "report_models",
     "resolve_device",
+    "save_final_checkpoint",
     "retrieval_examples",
 ]

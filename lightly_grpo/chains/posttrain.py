@@ -26,7 +26,12 @@ from lightly_grpo.chains.evaluate import (
     report_models,
 )
 from lightly_grpo.chains.flags import RUN_FACTS_KEY
-from lightly_grpo.chains.runtime import EpochHistory, make_trainer, prepare_run
+from lightly_grpo.chains.runtime import (
+    EpochHistory,
+    make_trainer,
+    prepare_run,
+    save_final_checkpoint,
+)
 from lightly_grpo.data import (
     dataset_labels,
     labeled_subset,
@@ -247,7 +252,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
     history = EpochHistory()
     trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs, [history])
     train_seconds = fit_stage(trainer, stage, labeled, cfg)
-    trainer.save_checkpoint(out_dir / "grpo.ckpt")
+    save_final_checkpoint(trainer, out_dir / "grpo.ckpt")
     outputs = RunOutputs(
         checkpoint=out_dir / "grpo.ckpt",
         backbone=export_backbone(stage.backbone, out_dir / "backbone.pt"),

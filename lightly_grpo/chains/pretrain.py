@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lightly_grpo.backbones import backbone_output_dim, build_backbone, export_backbone
 from lightly_grpo.chains.config import PretrainConfig
-from lightly_grpo.chains.runtime import make_trainer, prepare_run
+from lightly_grpo.chains.runtime import make_trainer, prepare_run, save_final_checkpoint
 from lightly_grpo.data import make_loader, resolve_dataset, subset
 from lightly_grpo.pretrain import get_pretrain_method
 
@@ -56,7 +56,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs)
     trainer.fit(module, loader)
     path = out_dir / "simclr.ckpt"
-    trainer.save_checkpoint(path)
+    save_final_checkpoint(trainer, path)
     export_backbone(method.backbone(module), out_dir / "backbone.pt")
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return path

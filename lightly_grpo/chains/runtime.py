@@ -6,6 +6,7 @@ that trains nothing), so ``"auto"`` means what it means to Lightning.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,18 @@ def make_trainer(
 ) -> pl.Trainer:
     """A Trainer writing checkpoints (``out_dir/checkpoints``) and a CSV log (``out_dir/logs``).
 
+    One checkpoint file is kept on disk, the latest epoch's; ``last.ckpt`` is a link to it
+    rather than a second copy (a post-training checkpoint holds the policy, the frozen reference
+    and the optimizer state: three backbones' worth of bytes). Lightning writes each file to a
+    temporary name and renames it, so a crash while saving never corrupts the previous one.
+
     Examples:
         >>> import tempfile
         >>> trainer = make_trainer(TrainerConfig(accelerator="cpu"), Path(tempfile.mkdtemp()), 1)
         >>> trainer.strategy.root_device
         device(type='cpu')
     """
-    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True)
+    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last="link")
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -77,6 +83,48 @@ def make_trainer(
         log_every_n_steps=5,
         num_sanity_val_steps=0,
     )
+
+
+def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike[str]) -> Path:
+    """Writes the trainer's final state to ``path``, atomically.
+
+    When the trainer's ``ModelCheckpoint`` already saved the state of the last step, ``path``
+    becomes a hard link to that file (no second copy on disk; Lightning replaces checkpoint
+    files by rename, so later saves never change the linked bytes). Otherwise, or where the file
+    system has no hard links, the state is saved to a temporary file renamed onto ``path``.
+
+    Examples:
+        >>> trainer = make_trainer(TrainerConfig(), Path("runs/x"), 1)  # doctest: +SKIP
+        >>> trainer.fit(module, loader)  # doctest: +SKIP
+        >>> save_final_checkpoint(trainer, "runs/x/final.ckpt")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    saved = _checkpoint_of_last_step(trainer)
+    try:
+        if saved is None:
+            raise OSError("no checkpoint of the last step to link")
+        os.link(saved, partial)
+    except OSError:
+        trainer.save_checkpoint(partial)
+    os.replace(partial, path)
+    return path
+
+
+def _checkpoint_of_last_step(trainer: pl.Trainer) -> Path | None:
+    callback = trainer.checkpoint_callback
+    if not isinstance(callback, ModelCheckpoint) or not callback.best_model_path:
+        return None
+    # Only a file saved at the trainer's current step holds the final state.
+    saved = Path(callback.best_model_path).resolve()
+    if (
+        not saved.is_file()
+        or getattr(callback, "_last_global_step_saved", None) != trainer.global_step
+    ):
+        return None
+    return saved
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -106,4 +154,10 @@ def prepare_run(out_dir: str, seed: int) -> Path:
     return path
 
 
-__all__ = ["EpochHistory", "make_trainer", "prepare_run", "resolve_device"]
+__all__ = [
+    "EpochHistory",
+    "make_trainer",
+    "prepare_run",
+    "resolve_device",
+    "save_final_checkpoint",
+]
