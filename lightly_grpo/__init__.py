@@ -14,13 +14,28 @@ from lightly_grpo.index import knn_search, spherical_kmeans
 from lightly_grpo.losses import (
     GRPORMClassificationLoss,
     GRPORMLoss,
+    GRPORMNeighborLoss,
     GRPORMPolicyLoss,
     fused_accuracy_uniformity_loss,
     group_advantages,
 )
-from lightly_grpo.output_sets import ClassPrototypes, OutputGroup, OutputSet
+from lightly_grpo.output_sets import (
+    ClassPrototypes,
+    KMeansPrototypes,
+    NeighborOutputSet,
+    OutputGroup,
+    OutputSet,
+    OutputSetRefresh,
+)
 from lightly_grpo.posttraining import PostTrainingModule
-from lightly_grpo.rewards import AccuracyReward, Reward, RewardInputs, UniformityReward
+from lightly_grpo.rewards import (
+    AccuracyReward,
+    MaskReward,
+    Reward,
+    RewardInputs,
+    UniformityReward,
+    neighbor_reward,
+)
 from lightly_grpo.stage import GRPORMStage
 
 __version__ = "0.2.0"
@@ -28,10 +43,16 @@ __version__ = "0.2.0"
 __all__ = [
     "AccuracyReward",
     "ClassPrototypes",
+    "KMeansPrototypes",
+    "MaskReward",
+    "NeighborOutputSet",
+    "OutputSetRefresh",
+    "neighbor_reward",
     "CrossEntropyBaseline",
     "LinearProbeBaseline",
     "GRPORMClassificationLoss",
     "GRPORMLoss",
+    "GRPORMNeighborLoss",
     "GRPORMPolicyLoss",
     "GRPORMStage",
     "MetricLossBaseline",

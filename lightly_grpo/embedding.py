@@ -73,6 +73,29 @@ def unpack_batch(
     return images, labels
 
 
+def batch_items(batch: Any) -> Tensor:
+    """The dataset indices of a ``(views, labels, indices)`` batch, as int64 (B,).
+
+    Examples:
+        >>> batch_items(([torch.zeros(2, 1, 4, 4)] * 2, torch.tensor([3, 4]), torch.tensor([7, 9])))
+        tensor([7, 9])
+    """
+    items = batch[2] if isinstance(batch, (tuple, list)) and len(batch) >= 3 else None
+    if items is None:
+        raise ValueError(
+            "this output set needs the dataset index of every image: batches must be "
+            "(views, labels, indices); wrap the dataset in lightly_grpo.data.IndexedDataset"
+        )
+    items = torch.as_tensor(items) if not isinstance(items, Tensor) else items
+    if items.dtype.is_floating_point or items.dtype == torch.bool or items.ndim != 1:
+        raise ValueError(
+            f"batch[2] must hold integer dataset indices of shape (B,), got {items.dtype} "
+            f"{tuple(items.shape)} (lightly's LightlyDataset puts file names there: wrap the "
+            "dataset in lightly_grpo.data.IndexedDataset)"
+        )
+    return items.long()
+
+
 def backbone_features(backbone: nn.Module, head: nn.Module | None, images: Tensor) -> Tensor:
     """``head(flatten(backbone(images)))``: the one forward of a policy and its reference.
 

@@ -31,12 +31,21 @@ class RewardInputs:
         correct: Boolean mask of the correct outputs of each query.
         old_logits: Logits of the old policy (similarity / temperature).
         similarities: Cosine similarities between query embedding and output keys.
+        extras: Output-set-specific inputs (:meth:`extra`).
+        positive: Outputs that are not correct but not wrong either (e.g. neighbours of the
+            query); the uniformity penalty spares them. None: every non-correct output is wrong.
     """
 
     correct: Tensor
     old_logits: Tensor
     similarities: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    positive: Tensor | None = None
+
+    def wrong(self) -> Tensor:
+        """Boolean mask of the outputs a penalty applies to: neither correct nor positive."""
+        spared = self.correct if self.positive is None else self.correct | self.positive
+        return ~spared
 
     def old_probs(self) -> Tensor:
         """pi_old(i | x) = softmax over the group of the old logits."""
@@ -214,10 +223,69 @@ class UniformityReward(Reward):
             penalty = inputs.old_probs()
         else:
             penalty = inputs.similarities.clamp_min(0.0) if self.clamp else inputs.similarities
-        return penalty.masked_fill(inputs.correct, 0.0).mul_(-self.weight)
+        return penalty.masked_fill(~inputs.wrong(), 0.0).mul_(-self.weight)
 
     def __repr__(self) -> str:
         return f"UniformityReward(weight={self.weight}, form={self.form!r}, clamp={self.clamp})"
+
+
+@register_reward("mask")
+class MaskReward(Reward):
+    """``weight`` for the outputs an output-set mask marks (``RewardInputs.extra(name)``).
+
+    The unlabeled output sets mark, for instance, the query's nearest neighbours in the frozen
+    pretrained space (``"neighbor"``): rewarding them less than the instance itself tells the
+    policy that they are close, without calling them the answer.
+
+    Args:
+        name: The extra input holding the boolean mask (B, G).
+        weight: Reward of a marked output (> 0).
+
+    Examples:
+        >>> reward = MaskReward("neighbor", 0.5)
+        >>> inputs = RewardInputs(
+        ...     torch.tensor([[True, False, False]]), torch.zeros(1, 3), torch.zeros(1, 3),
+        ...     extras={"neighbor": torch.tensor([[False, True, False]])},
+        ... )
+        >>> reward(inputs)
+        tensor([[0.0000, 0.5000, 0.0000]])
+    """
+
+    def __init__(self, name: str = "neighbor", weight: float = 0.5) -> None:
+        if not name:
+            raise ValueError("name must name an extra input of the output set, got ''")
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"weight must be a finite number > 0, got {weight}")
+        self.name = name
+        self.weight = float(weight)
+
+    def params(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight}
+
+    def compute(self, inputs: RewardInputs) -> Tensor:
+        mask = inputs.extra(self.name)
+        return mask.to(inputs.old_logits.dtype).mul_(self.weight)
+
+    def __repr__(self) -> str:
+        return f"MaskReward({self.name!r}, weight={self.weight})"
+
+
+def neighbor_reward(
+    instance: float = 1.0, neighbor: float = 0.5, uniformity: float = 1.0
+) -> Reward:
+    """The unlabeled reward: ``instance`` for the other view of the same image, ``neighbor``
+    for the query's reference-space neighbours, ``-uniformity * pi_old`` for every other output.
+
+    Examples:
+        >>> neighbor_reward()
+        AccuracyReward(weight=1.0) + MaskReward('neighbor', weight=0.5) + UniformityReward(...)
+    """
+    parts: list[Reward | dict[str, Any]] = [AccuracyReward(instance)]
+    if neighbor > 0:
+        parts.append(MaskReward("neighbor", neighbor))
+    if uniformity > 0:
+        parts.append(UniformityReward(uniformity, form="policy"))
+    return SumReward(parts) if len(parts) > 1 else AccuracyReward(instance)
 
 
 def default_reward() -> Reward:

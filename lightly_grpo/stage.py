@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
 
-from lightly_grpo.embedding import unpack_batch
+from lightly_grpo.embedding import batch_items, unpack_batch
 from lightly_grpo.losses.classification import GRPORMClassificationLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
+from lightly_grpo.output_sets.base import KeyedOutputSet
 from lightly_grpo.posttraining import BATCHNORM_MODES, EmbeddingModel, PostTrainingModule
 from lightly_grpo.rewards import Reward
 
@@ -189,6 +190,12 @@ class GRPORMStage(PostTrainingModule):
         """The policy's argmax output for each embedding (the class, for class prototypes)."""
         return self.criterion.output_set.predict(F.normalize(embeddings, dim=1))
 
+    def can_predict_classes(self) -> bool:
+        """Whether the policy's argmax is a class: a labeled output set with fixed keys (class
+        prototypes). A k-means policy predicts clusters, a neighbour policy nothing fixed."""
+        output_set = self.criterion.output_set
+        return output_set.requires_labels and isinstance(output_set, KeyedOutputSet)
+
     def train(self, mode: bool = True) -> GRPORMStage:
         super().train(mode)
         if self.reference is not None:
@@ -198,6 +205,7 @@ class GRPORMStage(PostTrainingModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = unpack_batch(batch, require_labels=self.requires_labels)
+        items = batch_items(batch) if self.criterion.output_set.requires_items else None
         if self.reference is not None:
             self.reference.eval()
         ref_logits = old_logits = group_index = None
@@ -209,7 +217,7 @@ class GRPORMStage(PostTrainingModule):
             if step == 0 and (self.reference is not None or self.inner_steps > 1):
                 # One detached pass over the whole group serves the reference policy, the frozen
                 # old policy and the group sample (once per batch, as GRPO samples per prompt).
-                full = self.criterion.old_policy(embeddings, labels)
+                full = self.criterion.old_policy(embeddings, labels, items)
                 if self.reference is not None:
                     with torch.no_grad():
                         ref_embeddings = self.reference(images)
@@ -218,7 +226,7 @@ class GRPORMStage(PostTrainingModule):
                     old_logits = full.similarities / self.criterion.temperature
                     group_index = self.criterion.sample_group_index(old_logits, full.correct)
             loss, stats = self.criterion.forward_with_stats(
-                embeddings, labels, old_logits, ref_logits, group_index
+                embeddings, labels, old_logits, ref_logits, group_index, items
             )
             self.optimizer_step_on(loss)
             clip_fractions.append(stats["clip_fraction"])

@@ -34,7 +34,7 @@ POSTTRAIN: dict[str, Any] = {
     "augment": "light",
     "temperature": 0.1,
     "accuracy_reward": 1.0,
-    "uniformity_reward": 1.0,
+    "uniformity_reward": None,  # resolves to 1.0 for the class output set (below)
     "uniformity_form": "policy",
     "clip_eps": 0.2,
     "beta": 0.0,
@@ -74,6 +74,15 @@ def test_every_old_flag_keeps_its_default(command: str) -> None:
     args = vars(build_parser().parse_args([command, *POSITIONAL[command]]))
     for dest, default in OLD_DEFAULTS[command].items():
         assert args[dest] == default, (command, dest)
+
+
+def test_the_uniformity_default_depends_on_the_output_set() -> None:
+    from lightly_grpo.chains.config import PosttrainConfig, uniformity_weight
+
+    assert uniformity_weight(PosttrainConfig()) == 1.0  # the labeled default is unchanged
+    assert uniformity_weight(PosttrainConfig(output_set="kmeans")) == 1.0
+    assert uniformity_weight(PosttrainConfig(output_set="neighbors")) == 10.0
+    assert uniformity_weight(PosttrainConfig(output_set="neighbors", uniformity_reward=0.0)) == 0.0
 
 
 def test_old_flag_spellings_parse() -> None:

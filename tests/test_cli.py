@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lightly_grpo.cli import build_parser, main
 
 SMALL = ["--dataset", "digits", "--input-size", "16", "--no-progress", "--accelerator", "cpu"]
 SMALL_EVAL = ["--eval-train-images", "600", "--eval-test-images", "200"]
+TINY_EVAL = ["--eval-train-images", "300", "--eval-test-images", "120", "--eval-batch-size", "300"]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +100,73 @@ def test_parser_has_the_four_commands() -> None:
         )
     demo = parser.parse_args(["demo"])
     assert demo.out == "runs/demo" and demo.pretrain_images is not None
+
+
+@pytest.mark.parametrize("output_set", ["neighbors", "kmeans"])
+def test_unlabeled_posttrain_writes_a_report_with_clustering_metrics(
+    pretrained: Path, tmp_path: Path, output_set: str
+) -> None:
+    out = tmp_path / output_set
+    args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, *TINY_EVAL, "--out", str(out)]
+    args += ["--output-set", output_set, "--unlabeled-images", "96", "--epochs", "1"]
+    args += ["--batch-size", "32", "--num-neighbors", "5"]
+    if output_set == "neighbors":
+        args += ["--baselines", "simclr", "--refresh-every", "1", "--epochs", "2"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    expected = {"Pretrained backbone", "GRPO-RM"}
+    if output_set == "neighbors":
+        expected.add("continued SimCLR")
+    assert set(metrics) == expected
+    for model in metrics.values():
+        for key in ("cluster_acc", "nmi", "ari", "neighbor_purity", "knn_top1_lightly"):
+            assert 0.0 <= model[key] <= 1.0, key
+        assert "classifier_accuracy" not in model  # nothing trained on labels
+    assert ("policy_cluster_acc" in metrics["GRPO-RM"]) == (output_set == "kmeans")
+    run = json.loads((out / "config.json").read_text())["run"]
+    assert run["unlabeled_images"] == 96 and run["steps"] > 0
+    assert (out / "report.html").is_file() and (out / "grpo.ckpt").is_file()
+    # The trained output set is in the checkpoint: a neighbour table / centroids.
+    state = torch.load(out / "grpo.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    key = "neighbors" if output_set == "neighbors" else "centroids"
+    table = state[f"criterion.output_set.{key}"]
+    assert table.shape[0] == (96 if output_set == "neighbors" else 10)
+    if output_set == "neighbors":
+        assert int(table.min()) >= 0  # initialised from the pretrained bank
+
+
+def test_unlabeled_posttrain_rejects_labeled_baselines(pretrained: Path, tmp_path: Path) -> None:
+    args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, "--out", str(tmp_path / "x")]
+    with pytest.raises(ValueError, match="ce-linear"):
+        main([*args, "--output-set", "neighbors", "--baselines", "ce-linear"])
+    assert not (tmp_path / "x" / "grpo.ckpt").exists()
+
+
+def test_retrieval_mode_trains_on_some_classes_and_evaluates_the_others(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "retrieval"
+    args = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, *TINY_EVAL, "--out", str(out)]
+    args += ["--output-set", "neighbors", "--train-classes", "0", "1", "2", "3", "4"]
+    args += ["--unlabeled-images", "96", "--epochs", "1", "--batch-size", "32"]
+    assert main([*args, "--num-neighbors", "5", "--baselines", "supcon"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"Pretrained backbone", "supcon", "GRPO-RM"}
+    for model in metrics.values():
+        assert 0.0 <= model["mean_average_precision_at_r"] <= 1.0
+    # Evaluated on the unseen classes only: per-class results name classes 5..9.
+    per_class = json.loads((out / "metrics.json").read_text())["per_class"]["GRPO-RM"]
+    classes = {int(c) for values in per_class.values() for c in values}
+    assert classes == {5, 6, 7, 8, 9}
+    from lightly_grpo.chains import PosttrainConfig
+    from lightly_grpo.chains.unlabeled import unlabeled_data
+    from lightly_grpo.data import DataConfig, dataset_labels
+
+    cfg = PosttrainConfig(
+        train_classes=[0, 1, 2, 3, 4], unlabeled_images=96, data=DataConfig(dataset="digits")
+    )
+    data = unlabeled_data(cfg)
+    assert set(dataset_labels(data.bank).tolist()) <= {0, 1, 2, 3, 4}
+    kmeans = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, "--out", str(tmp_path / "k")]
+    with pytest.raises(ValueError, match="needs --output-set neighbors"):
+        main([*kmeans, "--output-set", "kmeans", "--train-classes", "0", "1"])

@@ -120,6 +120,25 @@ class EvalConfig:
     grid_queries: int = option(8, "query rows of the report's retrieval grid")
 
 
+#: lambda of the uniformity reward of the class and k-means output sets, and of the neighbour one:
+#: in a group of 2B - 1 in-batch candidates pi_old is small, so the penalty that makes hard
+#: negatives count must be larger (recipes/benchmarks/RESULTS.md, "Unlabeled").
+DEFAULT_UNIFORMITY = 1.0
+NEIGHBOR_UNIFORMITY = 10.0
+
+
+def uniformity_weight(cfg: PosttrainConfig) -> float:
+    """``cfg.uniformity_reward``, or the default of its output set when it is None.
+
+    Examples:
+        >>> uniformity_weight(PosttrainConfig(output_set="neighbors"))
+        10.0
+    """
+    if cfg.uniformity_reward is not None:
+        return cfg.uniformity_reward
+    return NEIGHBOR_UNIFORMITY if cfg.output_set == "neighbors" else DEFAULT_UNIFORMITY
+
+
 @dataclass
 class PosttrainConfig:
     """GRPO-RM post-training on a labeled share of the train split."""
@@ -147,7 +166,11 @@ class PosttrainConfig:
     )
     temperature: float = stage_option("temperature", "policy temperature (similarity / T)")
     accuracy_reward: float = option(1.0, "weight of the accuracy reward")
-    uniformity_reward: float = option(1.0, "lambda of the uniformity reward; 0 disables")
+    uniformity_reward: float | None = option(
+        None,
+        "lambda of the uniformity reward (-lambda pi_old on wrong outputs); 0 disables; default "
+        f"{DEFAULT_UNIFORMITY} for classes and kmeans, {NEIGHBOR_UNIFORMITY} for neighbors",
+    )
     uniformity_form: str = option(
         "policy", "form of the uniformity reward", choices=UniformityReward.FORMS
     )
@@ -169,6 +192,31 @@ class PosttrainConfig:
         "methods of lightly_grpo.methods (e.g. ce-linear, supcon) trained beside GRPO-RM from the "
         "same checkpoint on the same labeled images, epochs and settings, for the report "
         "('none' for none)",
+    )
+    output_set: str = option(
+        "classes",
+        "what the policy chooses among: classes (labeled, the paper's setting), or, trained "
+        "without labels, neighbors (the other view of the image, rewarded neighbours) or kmeans "
+        "(balanced k-means centroids)",
+        choices=("classes", "neighbors", "kmeans"),
+    )
+    unlabeled_images: int | None = option(
+        None, "train-split images used without labels by --output-set neighbors/kmeans (all)"
+    )
+    num_neighbors: int = option(20, "reference-space neighbours per image (--output-set neighbors)")
+    neighbor_reward: float = option(
+        0.5, "reward of a reference-space neighbour (the image's other view gets 1)"
+    )
+    num_clusters: int | None = option(
+        None, "k-means centroids of --output-set kmeans (default: the number of classes)"
+    )
+    train_classes: list[int] | None = option(
+        None,
+        "retrieval on unseen classes: train --output-set neighbors with the labels of these "
+        "classes only (same-class candidates are correct) and evaluate on the other classes",
+    )
+    refresh_every: int = option(
+        0, "rebuild the unlabeled output set from the current model every N epochs (0: never)"
     )
     val_images: int | None = option(
         2000,
@@ -202,6 +250,13 @@ class DemoConfig:
 
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
+    unlabeled_images: int = option(
+        0,
+        "after the labeled run, post-train the same checkpoint without labels "
+        "(--output-set neighbors, against continued SimCLR) on this many train images into "
+        "<out>/unlabeled; 0 skips it",
+        flag="--demo-unlabeled-images",
+    )
 
 
 #: The demo's sizes: an overlay on :class:`DemoConfig`'s defaults, applied before ``--config`` and
@@ -226,10 +281,13 @@ DEMO_OVERLAY: dict[str, Any] = {
         "data": {"input_size": 28},
         "eval": {"max_train_images": 5000, "max_test_images": 3000},
     },
+    "unlabeled_images": 1536,
 }
 
 __all__ = [
     "CHECKPOINT_BACKBONES",
+    "DEFAULT_UNIFORMITY",
+    "NEIGHBOR_UNIFORMITY",
     "DEMO_OVERLAY",
     "DataConfig",
     "DemoConfig",
@@ -239,4 +297,5 @@ __all__ = [
     "PretrainConfig",
     "TrainerConfig",
     "option",
+    "uniformity_weight",
 ]

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lightly_grpo.chains.config import DEMO_OVERLAY, DemoConfig
+from lightly_grpo.chains.config import DEMO_OVERLAY, DemoConfig, PosttrainConfig
 from lightly_grpo.chains.evaluate import RunOutputs
 from lightly_grpo.chains.flags import merge_config
 from lightly_grpo.chains.posttrain import posttrain
@@ -24,16 +24,43 @@ def demo_config() -> DemoConfig:
 
 
 def demo(cfg: DemoConfig) -> RunOutputs:
-    """Pretrains, post-trains the new checkpoint, evaluates and writes ``summary.json``.
+    """Pretrains, post-trains the new checkpoint, evaluates and writes ``summary.json``; with
+    ``unlabeled_images > 0`` also post-trains the checkpoint without labels (neighbour output
+    set, against continued SimCLR) into ``<out>/unlabeled`` (``summary.json`` gets both).
 
     Examples:
         >>> outputs = demo(demo_config())  # doctest: +SKIP
     """
     checkpoint = pretrain(cfg.pretrain)
-    outputs = posttrain(dataclasses.replace(cfg.posttrain, checkpoint=str(checkpoint)))
-    summary = Path(cfg.posttrain.out_dir) / "summary.json"
-    summary.write_text(json.dumps(outputs.metrics, indent=2))
+    labeled = dataclasses.replace(cfg.posttrain, checkpoint=str(checkpoint))
+    outputs = posttrain(labeled)
+    summary: dict[str, object] = {"labeled": outputs.metrics}
+    if cfg.unlabeled_images > 0:
+        unlabeled = posttrain(unlabeled_demo_config(labeled, cfg.unlabeled_images))
+        summary["unlabeled"] = unlabeled.metrics
+        print(f"unlabeled report: {unlabeled.report}")
+    (Path(cfg.posttrain.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return outputs
 
 
-__all__ = ["demo", "demo_config"]
+def unlabeled_demo_config(labeled: PosttrainConfig, images: int) -> PosttrainConfig:
+    """The demo's unlabeled run: the labeled run's checkpoint, data and trainer settings, one
+    epoch of neighbour-mined batches over ``images`` train images, labels for evaluation only.
+
+    Examples:
+        >>> cfg = unlabeled_demo_config(demo_config().posttrain, 1536)
+        >>> cfg.output_set, cfg.out_dir, cfg.baselines
+        ('neighbors', 'runs/demo/unlabeled', ['simclr'])
+    """
+    return dataclasses.replace(
+        labeled,
+        out_dir=str(Path(labeled.out_dir) / "unlabeled"),
+        output_set="neighbors",
+        unlabeled_images=images,
+        epochs=1,
+        baselines=["simclr"],
+        eval=dataclasses.replace(labeled.eval, max_train_images=3000, max_test_images=2000),
+    )
+
+
+__all__ = ["demo", "demo_config", "unlabeled_demo_config"]

@@ -145,6 +145,9 @@ def _argparse_kwargs(flag: Flag) -> dict[str, Any]:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif get_origin(hint) is list or (inner is not None and get_origin(inner) is list):
         kwargs["nargs"] = "*" if flag.positional else "+"
+        element = get_args(inner if inner is not None else hint)
+        if element and element[0] is not str:
+            kwargs["type"] = element[0]  # e.g. list[int]: each value converted
     elif inner is int:
         kwargs["type"] = optional_int
     elif inner is not None:

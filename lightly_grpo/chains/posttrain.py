@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
-from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig
+from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig, uniformity_weight
 from lightly_grpo.chains.evaluate import (
     RunOutputs,
     backbone_embed_fn,
@@ -130,7 +130,7 @@ def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> 
         num_classes,
         backbone_output_dim(backbone, shape),
         temperature=cfg.temperature,
-        reward=build_reward(cfg.accuracy_reward, cfg.uniformity_reward, cfg.uniformity_form),
+        reward=build_reward(cfg.accuracy_reward, uniformity_weight(cfg), cfg.uniformity_form),
         clip_eps=cfg.clip_eps,
         beta=cfg.beta,
         group_size=cfg.group_size,
@@ -209,7 +209,7 @@ def fit_baseline(
         weight_decay=cfg.weight_decay,
         batchnorm=cfg.batchnorm,
         temperature=cfg.temperature,
-        uniformity=cfg.uniformity_reward,
+        uniformity=uniformity_weight(cfg),
         beta=cfg.beta,
     )
     backbone = copy.deepcopy(pretrained)
@@ -238,6 +238,10 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         >>> outputs = posttrain(cfg)  # doctest: +SKIP
         >>> outputs.metrics["GRPO-RM"]["classifier_accuracy"]  # doctest: +SKIP
     """
+    if cfg.output_set != "classes":
+        from lightly_grpo.chains.unlabeled import posttrain_unlabeled
+
+        return posttrain_unlabeled(cfg, evaluate)
     out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
     baselines = baseline_names(cfg)  # unknown names fail before any training
     labeled = labeled_data(cfg)

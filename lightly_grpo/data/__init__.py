@@ -43,7 +43,9 @@ from lightly_grpo.data.datasets import (
     read_idx,
     resolve_dataset,
 )
+from lightly_grpo.data.indexed import IndexedDataset
 from lightly_grpo.data.loaders import images_for_display, make_loader
+from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler, reference_neighbors
 from lightly_grpo.data.shifts import (
     BLUR_KERNEL,
     BLUR_SIGMA,
@@ -79,6 +81,9 @@ from lightly_grpo.data.transforms import (
 )
 
 __all__ = [
+    "IndexedDataset",
+    "NeighborBatchSampler",
+    "reference_neighbors",
     "BLUR_KERNEL",
     "BLUR_SIGMA",
     "COMBINED_ROTATION_DEGREES",

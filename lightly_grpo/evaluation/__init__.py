@@ -29,6 +29,12 @@ Examples:
 from __future__ import annotations
 
 from lightly_grpo.evaluation.bank import evaluate_against_bank
+from lightly_grpo.evaluation.clustering import (
+    clustering_accuracy,
+    clustering_scores,
+    kmeans_clustering_scores,
+    neighbor_purity,
+)
 from lightly_grpo.evaluation.evaluator import RetrievalEvaluator, RetrievalResult
 from lightly_grpo.evaluation.knn import knn_vote, parse_protocol
 from lightly_grpo.evaluation.metrics import (
@@ -43,6 +49,10 @@ from lightly_grpo.evaluation.metrics import (
 from lightly_grpo.evaluation.pml import IndexKNN, make_knn_func
 
 __all__ = [
+    "clustering_accuracy",
+    "clustering_scores",
+    "kmeans_clustering_scores",
+    "neighbor_purity",
     "KNN_PROTOCOLS",
     "KNN_TOP",
     "RETRIEVAL_METRICS",

@@ -4,6 +4,7 @@
 - :func:`fused_accuracy_uniformity_loss` (``fused.py``): the default labeled objective, fused.
 - :class:`GRPORMPolicyLoss` (``policy.py``): GRPO-RM over any output set.
 - :class:`GRPORMClassificationLoss` (``classification.py``): with learnable class prototypes.
+- :class:`GRPORMNeighborLoss` (``neighbor.py``): unlabeled, called like lightly's ``NTXentLoss``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from lightly_grpo.losses.grpo import (
     degenerate_groups,
     group_advantages,
 )
+from lightly_grpo.losses.neighbor import GRPORMNeighborLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 
 __all__ = [
     "GRPORMClassificationLoss",
     "GRPORMLoss",
+    "GRPORMNeighborLoss",
     "GRPORMPolicyLoss",
     "GRPOStats",
     "cap_wrong_advantages",

@@ -112,7 +112,9 @@ class GRPORMPolicyLoss(nn.Module):
         }
 
     # ------------------------------------------------------------------ groups and logits
-    def _group(self, embeddings: Tensor, labels: Tensor | None) -> OutputGroup:
+    def _group(
+        self, embeddings: Tensor, labels: Tensor | None, items: Tensor | None = None
+    ) -> OutputGroup:
         check_embedding_shape(embeddings, getattr(self.output_set, "embedding_size", None))
         if self.validate:
             if labels is not None and self.output_set.requires_labels:
@@ -122,20 +124,24 @@ class GRPORMPolicyLoss(nn.Module):
                 )
             else:
                 check_finite({"embeddings": embeddings})
-        return self.output_set.group(embeddings, labels)
+        return self.output_set.group(embeddings, labels, items)
 
-    def logits(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
+    def logits(
+        self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
+    ) -> Tensor:
         """Policy logits over each query's whole group, shape (B, G_full)."""
         if isinstance(self.output_set, KeyedOutputSet):  # the group is every key: no labels needed
             return self.output_set.similarities(embeddings) / self.temperature
-        return self.output_set.group(embeddings, labels).similarities / self.temperature
+        return self.output_set.group(embeddings, labels, items).similarities / self.temperature
 
     @torch.no_grad()
-    def old_policy(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+    def old_policy(
+        self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
+    ) -> OutputGroup:
         """The whole group of every query without gradient: one call gives the old logits
         (``similarities / temperature``), the correct mask for sampling and the indices the
         reference policy is scored on."""
-        return self.output_set.group(embeddings.detach(), labels)
+        return self.output_set.group(embeddings.detach(), labels, items)
 
     @torch.no_grad()
     def sample_group_index(self, old_logits: Tensor, correct: Tensor) -> Tensor | None:
@@ -163,6 +169,7 @@ class GRPORMPolicyLoss(nn.Module):
         old_logits: Tensor | None = None,
         ref_logits: Tensor | None = None,
         group_index: Tensor | None = None,
+        items: Tensor | None = None,
     ) -> Tensor:
         """Computes the loss.
 
@@ -175,8 +182,12 @@ class GRPORMPolicyLoss(nn.Module):
                 needed when beta > 0.
             group_index: A sampled group (:meth:`sample_group_index`) to reuse; None samples one
                 (when ``group_size`` is set).
+            items: Dataset indices (B,) of the rows, for output sets that need them
+                (``output_set.requires_items``, e.g. neighbours), else None.
         """
-        return self._compute(embeddings, labels, old_logits, ref_logits, group_index, False)[0]
+        return self._compute(embeddings, labels, old_logits, ref_logits, group_index, False, items)[
+            0
+        ]
 
     def forward_with_stats(
         self,
@@ -185,9 +196,10 @@ class GRPORMPolicyLoss(nn.Module):
         old_logits: Tensor | None = None,
         ref_logits: Tensor | None = None,
         group_index: Tensor | None = None,
+        items: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Like ``forward``; also returns detached statistics (reward, entropy, accuracy, ...)."""
-        return self._compute(embeddings, labels, old_logits, ref_logits, group_index, True)
+        return self._compute(embeddings, labels, old_logits, ref_logits, group_index, True, items)
 
     def _compute(
         self,
@@ -197,13 +209,14 @@ class GRPORMPolicyLoss(nn.Module):
         ref_logits: Tensor | None,
         group_index: Tensor | None,
         with_stats: bool,
+        items: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if self.grpo.beta > 0 and ref_logits is None:
             raise ValueError(
                 f"beta={self.grpo.beta} > 0 needs ref_logits (the reference policy's logits, "
                 "e.g. from reference_logits(...)); without them the KL term would be dropped"
             )
-        group = self._group(embeddings, labels)
+        group = self._group(embeddings, labels, items)
         logits = group.similarities / self.temperature
         for name, other in (("old_logits", old_logits), ("ref_logits", ref_logits)):
             if other is not None and other.shape != logits.shape:
@@ -224,7 +237,13 @@ class GRPORMPolicyLoss(nn.Module):
             else None
         )
         fused = self._fused_weights()
-        if fused is not None and old_logits is None and group_index is None and self.grpo.beta == 0:
+        if (
+            fused is not None
+            and old_logits is None
+            and group_index is None
+            and self.grpo.beta == 0
+            and group.positive is None
+        ):
             return self._fused(logits, group.correct, fused, accuracy)
         if group_index is not None:
             group = group.select(group_index)
@@ -236,13 +255,16 @@ class GRPORMPolicyLoss(nn.Module):
                 old_logits=policy_old,
                 similarities=group.similarities.detach(),
                 extras=group.extras,
+                positive=group.positive,
             )
         )
         old = None if old_logits is None else policy_old
+        # Positives (neighbours) are exempt from the cap on wrong outputs' advantages.
+        rewarded = group.rewarded()
         if accuracy is None:
-            return self.grpo(logits, rewards, old, ref_logits, correct=group.correct), {}
+            return self.grpo(logits, rewards, old, ref_logits, correct=rewarded), {}
         loss, stats = self.grpo.forward_with_stats(
-            logits, rewards, old, ref_logits, correct=group.correct
+            logits, rewards, old, ref_logits, correct=rewarded
         )
         return loss, {**stats.as_dict(), "accuracy": accuracy}
 

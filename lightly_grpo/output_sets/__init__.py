@@ -14,12 +14,20 @@ from lightly_grpo.output_sets.base import (
     sample_group,
 )
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
+from lightly_grpo.output_sets.kmeans_prototypes import KMeansPrototypes
+from lightly_grpo.output_sets.neighbors import NeighborOutputSet, in_batch_candidates
+from lightly_grpo.output_sets.refresh import OutputSetRefresh, embed_bank
 
 __all__ = [
     "ClassPrototypes",
+    "KMeansPrototypes",
     "KeyedOutputSet",
+    "NeighborOutputSet",
     "OutputGroup",
     "OutputSet",
+    "OutputSetRefresh",
+    "embed_bank",
+    "in_batch_candidates",
     "output_set_from_config",
     "register_output_set",
     "sample_group",

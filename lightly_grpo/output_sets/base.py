@@ -38,12 +38,20 @@ class OutputGroup:
         indices: Which output of the full set each column is, shape (B, G) (int64).
         extras: Further per-output tensors (B, G) that rewards may read through
             :meth:`~lightly_grpo.rewards.RewardInputs.extra` (e.g. a neighbour mask).
+        positive: Boolean mask (B, G) of outputs that are not correct but may still be
+            rewarded above the group mean (e.g. neighbours of the query): they are exempt from
+            the uniformity penalty and from the cap on wrong outputs' advantages. None: none.
     """
 
     similarities: Tensor
     correct: Tensor
     indices: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+    positive: Tensor | None = None
+
+    def rewarded(self) -> Tensor:
+        """Outputs that may get a positive advantage: the correct ones and the positives."""
+        return self.correct if self.positive is None else self.correct | self.positive
 
     def select(self, index: Tensor) -> OutputGroup:
         """The sub-group given by ``index`` (B, G') into the columns of this group."""
@@ -52,6 +60,7 @@ class OutputGroup:
             correct=self.correct.gather(1, index),
             indices=self.indices.gather(1, index),
             extras={name: t.gather(1, index) for name, t in self.extras.items()},
+            positive=None if self.positive is None else self.positive.gather(1, index),
         )
 
 
@@ -96,10 +105,13 @@ class OutputSet(nn.Module, ABC):
 
     Attributes:
         requires_labels: Whether :meth:`group` needs class labels (labeled modes).
+        requires_items: Whether :meth:`group` needs the dataset index of every row (sets that
+            look items up in a table built from the training set, such as neighbours).
         refreshable: Whether :meth:`refresh` rebuilds the set from a bank of embeddings.
     """
 
     requires_labels: ClassVar[bool] = False
+    requires_items: ClassVar[bool] = False
     refreshable: ClassVar[bool] = False
     type_name: ClassVar[str] = ""
 
@@ -109,12 +121,15 @@ class OutputSet(nn.Module, ABC):
         """Size of the whole output set (the largest possible group)."""
 
     @abstractmethod
-    def group(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+    def group(
+        self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
+    ) -> OutputGroup:
         """The group of candidate outputs of every query.
 
         Args:
             embeddings: Query embeddings (B, D), with gradient (normalised inside).
             labels: Class labels (B,) when the output set uses them, else None.
+            items: Dataset index (B,) of every row when the output set needs it, else None.
         """
 
     def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
@@ -175,7 +190,9 @@ class KeyedOutputSet(OutputSet):
         keys = self.keys() if keys is None else keys
         return F.normalize(embeddings, dim=1) @ keys.t()
 
-    def group(self, embeddings: Tensor, labels: Tensor | None = None) -> OutputGroup:
+    def group(
+        self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
+    ) -> OutputGroup:
         sims = self.similarities(embeddings)
         indices = torch.arange(self.num_outputs, device=sims.device).expand_as(sims)
         correct = self.correct_mask(labels, sims.shape[0]).to(sims.device)

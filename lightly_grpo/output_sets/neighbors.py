@@ -1,0 +1,206 @@
+"""kNN-neighbour output sets: GRPO-RM without labels (and, with labels, for retrieval).
+
+A training batch holds two augmented views of B images, concatenated: rows ``[0, B)`` are the
+first views, rows ``[B, 2B)`` the second. Every row is a query; its group is the other ``2B - 1``
+rows of the batch (as in NT-Xent). The *correct* output is the other view of the same image (the
+instance); candidates among the query image's ``k`` nearest neighbours in a bank of training-set
+embeddings are *neighbours*: rewarded less than the instance (``MaskReward("neighbor")``) and
+spared the uniformity penalty. The neighbour table comes from the frozen pretrained model
+(:meth:`NeighborOutputSet.initialize`) and can be rebuilt from the current one
+(:meth:`~NeighborOutputSet.refresh`, called by
+:class:`~lightly_grpo.output_sets.refresh.OutputSetRefresh`).
+
+With ``use_labels=True`` (the retrieval mode: train on some classes, retrieve others) every
+candidate of the query's class is correct as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightly_grpo.data.neighbor_sampler import reference_neighbors
+from lightly_grpo.output_sets.base import OutputGroup, OutputSet, register_output_set
+from lightly_grpo.validation import check_embeddings
+
+__all__ = ["NeighborOutputSet", "in_batch_candidates"]
+
+
+def in_batch_candidates(num_rows: int, device: torch.device | None = None) -> Tensor:
+    """Column indices (R, R - 1) of every row's candidates: all other rows, in order.
+
+    Examples:
+        >>> in_batch_candidates(3).tolist()
+        [[1, 2], [0, 2], [0, 1]]
+    """
+    if num_rows < 2:
+        raise ValueError(f"an in-batch group needs at least 2 rows, got {num_rows}")
+    rows = torch.arange(num_rows, device=device).unsqueeze(1)
+    cols = torch.arange(num_rows - 1, device=device).unsqueeze(0)
+    return cols + (cols >= rows).long()
+
+
+@register_output_set("neighbors")
+class NeighborOutputSet(OutputSet):
+    """In-batch groups with an instance target and reference-space neighbours.
+
+    Args:
+        num_items: Size N of the training set (the bank); items are its dataset indices.
+        embedding_size: Dimension D of the embeddings.
+        num_neighbors: k, the neighbours per item in the table.
+        use_labels: Retrieval mode: candidates of the query's class are correct too (batches
+            must carry labels).
+        backend: Search backend of the neighbour table (see :mod:`lightly_grpo.index`).
+
+    Examples:
+        >>> neighbors = NeighborOutputSet(num_items=6, embedding_size=2, num_neighbors=1)
+        >>> bank = torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0], [-1, 0.1]])
+        >>> neighbors.initialize(bank)
+        >>> views = torch.cat([bank[[0, 2]], bank[[0, 2]] + 0.01])  # 2 views of items 0 and 2
+        >>> group = neighbors.group(views, items=torch.tensor([0, 2]))
+        >>> group.similarities.shape, group.correct[0].tolist()
+        (torch.Size([4, 3]), [False, True, False])
+    """
+
+    requires_items = True
+    refreshable = True
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_size: int,
+        num_neighbors: int = 20,
+        use_labels: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if num_items < 2:
+            raise ValueError(f"num_items must be >= 2, got {num_items}")
+        if embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        if not 1 <= num_neighbors < num_items:
+            raise ValueError(
+                f"num_neighbors must be in [1, {num_items - 1}] for {num_items} items, "
+                f"got {num_neighbors}"
+            )
+        self.num_items = num_items
+        self.embedding_size = embedding_size
+        self.num_neighbors = num_neighbors
+        self.use_labels = use_labels
+        self.backend = backend
+        # Saved in checkpoints with the model: a resumed run keeps its neighbour table.
+        self.neighbors: Tensor
+        self.register_buffer("neighbors", torch.full((num_items, num_neighbors), -1))
+
+    @property
+    def requires_labels(self) -> bool:  # type: ignore[override]
+        return self.use_labels
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_items
+
+    @property
+    def initialized(self) -> bool:
+        return bool((self.neighbors[:, 0] >= 0).all())
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "num_items": self.num_items,
+            "embedding_size": self.embedding_size,
+            "num_neighbors": self.num_neighbors,
+            "use_labels": self.use_labels,
+            "backend": self.backend,
+        }
+
+    # ------------------------------------------------------------------ the table
+    @torch.no_grad()
+    def refresh(self, bank: Tensor, labels: Tensor | None = None) -> None:
+        """Rebuilds the neighbour table from embeddings (N, D) of the whole training set."""
+        if bank.ndim != 2 or bank.shape[0] != self.num_items:
+            raise ValueError(
+                f"the bank must hold one embedding per training item, shape ({self.num_items}, "
+                f"{self.embedding_size}), got {tuple(bank.shape)}"
+            )
+        check_embeddings(bank, self.embedding_size)
+        table = reference_neighbors(bank, self.num_neighbors, self.backend)
+        self.neighbors.copy_(table.to(self.neighbors.device))
+
+    # ------------------------------------------------------------------ groups
+    def group(
+        self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
+    ) -> OutputGroup:
+        rows, item_of_row = self._rows(embeddings, items)
+        z = F.normalize(embeddings, dim=1)
+        columns = in_batch_candidates(rows, z.device)
+        similarities = (z @ z.t()).gather(1, columns)
+        return self._group_of(similarities, columns, item_of_row, labels)
+
+    def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
+        # The reference policy scores the same in-batch candidates with its own embeddings.
+        z = F.normalize(embeddings, dim=1)
+        return (z @ z.t()).gather(1, in_batch_candidates(len(z), z.device))
+
+    @torch.no_grad()
+    def _group_of(
+        self, similarities: Tensor, columns: Tensor, item_of_row: Tensor, labels: Tensor | None
+    ) -> OutputGroup:
+        candidate_items = item_of_row[columns]  # (R, R - 1) dataset indices
+        correct = candidate_items == item_of_row.unsqueeze(1)
+        table = self.neighbors.to(item_of_row.device)[item_of_row]  # (R, k)
+        neighbor = (candidate_items.unsqueeze(2) == table.unsqueeze(1)).any(dim=2) & ~correct
+        if self.use_labels:
+            if labels is None:
+                raise ValueError("NeighborOutputSet(use_labels=True) needs batches with labels")
+            labels = labels.to(item_of_row.device).reshape(-1)
+            if len(labels) != len(item_of_row):
+                raise ValueError(
+                    f"labels must have one entry per row ({len(item_of_row)}), got {len(labels)}"
+                )
+            correct = correct | (labels[columns] == labels.unsqueeze(1))
+            neighbor = neighbor & ~correct
+        return OutputGroup(
+            similarities=similarities,
+            correct=correct,
+            indices=candidate_items,
+            extras={"neighbor": neighbor},
+            positive=neighbor,
+        )
+
+    def _rows(self, embeddings: Tensor, items: Tensor | None) -> tuple[int, Tensor]:
+        """The row count and the dataset index of every row (views repeat their image's)."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings must have shape (rows, {self.embedding_size}), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        if not self.initialized:
+            raise ValueError(
+                "NeighborOutputSet has no neighbour table yet: call initialize(bank) with the "
+                "embeddings of the whole training set first"
+            )
+        if items is None:
+            raise ValueError(
+                "NeighborOutputSet needs the dataset index of every image: batches must be "
+                "(views, labels, indices), e.g. from lightly_grpo.data.IndexedDataset"
+            )
+        items = torch.as_tensor(items, device=embeddings.device).reshape(-1)
+        if items.dtype.is_floating_point or items.dtype == torch.bool:
+            raise ValueError(f"items must be integer dataset indices, got dtype {items.dtype}")
+        rows = embeddings.shape[0]
+        if rows % len(items) != 0 or rows // len(items) < 1:
+            raise ValueError(
+                f"{rows} embedding rows do not match {len(items)} items (expected the views of "
+                "every image concatenated: rows = views x items)"
+            )
+        items = items.long().repeat(rows // len(items))
+        if rows < 2:
+            raise ValueError(f"an in-batch group needs at least 2 rows, got {rows}")
+        low, high = int(items.min()), int(items.max())
+        if low < 0 or high >= self.num_items:
+            bad = low if low < 0 else high
+            raise ValueError(f"item index {bad} is out of range for {self.num_items} items")
+        return rows, items

@@ -1,0 +1,150 @@
+"""Refreshing an output set from the current model: embed the training set, rebuild the set.
+
+:func:`embed_bank` embeds a dataset in order (eval mode, no augmentation, batched) and, under
+DDP, splits the work: rank r embeds items r, r + W, r + 2W, ... and the shards are gathered with
+``lightly.utils.dist`` and interleaved back, so every rank ends with the same bank in dataset
+order. :class:`OutputSetRefresh` calls it between epochs and hands the bank to
+``output_set.refresh``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils import dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightly_grpo.embedding import embed_loader, eval_mode
+
+__all__ = ["OutputSetRefresh", "embed_bank", "interleave_shards"]
+
+
+def interleave_shards(shards: list[Tensor], total: int) -> Tensor:
+    """Puts rank-strided shards back in dataset order: shard r holds items r, r + W, ...
+
+    Shards may be padded at the end to equal length (``all_gather`` needs equal shapes); only
+    the first ``total`` items are kept.
+
+    Examples:
+        >>> interleave_shards([torch.tensor([0, 2, 4]), torch.tensor([1, 3, -1])], 5).tolist()
+        [0, 1, 2, 3, 4]
+    """
+    stacked = torch.stack(shards, dim=1)  # (per_rank, W, ...)
+    return stacked.reshape(-1, *stacked.shape[2:])[:total]
+
+
+@torch.no_grad()
+def embed_bank(
+    module: Any,
+    dataset: Dataset[Any],
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Tensor:
+    """L2-normalised embeddings (N, D) of every item of ``dataset``, in dataset order, on the
+    module's device; identical on every DDP rank.
+
+    Args:
+        module: A :class:`~lightly_grpo.posttraining.PostTrainingModule` (its ``forward``
+            embeds images; it is put in eval mode for the pass and restored after).
+        dataset: The training items with an evaluation transform (one view, no augmentation).
+        batch_size: Images per forward pass.
+        num_workers: DataLoader workers.
+        progress: Show a tqdm bar.
+    """
+    total = len(dataset)  # type: ignore[arg-type]
+    world, rank = dist.world_size(), dist.rank()
+    if total < world:
+        raise ValueError(f"a bank of {total} items cannot be split across {world} ranks")
+    shard: Dataset[Any] = Subset(dataset, range(rank, total, world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    with eval_mode(module):
+        embeddings, _ = embed_loader(
+            module.forward,
+            loader,
+            module.device,
+            progress,
+            desc="refreshing output set",
+            require_labels=False,
+        )
+    embeddings = embeddings.to(module.device)
+    if world == 1:
+        return embeddings
+    per_rank = -(-total // world)
+    padded = embeddings.new_zeros(per_rank, embeddings.shape[1])
+    padded[: len(embeddings)] = embeddings
+    return interleave_shards(list(dist.gather(padded)), total)
+
+
+class OutputSetRefresh(pl.Callback):
+    """Rebuilds the stage's output set from the current model every ``every_n_epochs`` epochs.
+
+    The refresh runs at the end of a training epoch (not after the last one), embeds ``dataset``
+    with :func:`embed_bank` and calls ``output_set.refresh(bank)``; the rebuilt set (neighbour
+    table, centroids) lives in buffers, so Lightning checkpoints save and restore it. The time
+    each refresh took is logged as ``refresh/seconds`` and kept in :attr:`seconds`.
+
+    Args:
+        dataset: The training items with an evaluation transform, in the order the training
+            batches' dataset indices refer to.
+        every_n_epochs: Refresh period in epochs (>= 1).
+        batch_size: Images per forward pass of the embedding.
+        num_workers: DataLoader workers of the embedding.
+        progress: Show a tqdm bar while embedding.
+
+    Examples:
+        >>> refresh = OutputSetRefresh(bank_dataset, every_n_epochs=2)  # doctest: +SKIP
+        >>> pl.Trainer(max_epochs=6, callbacks=[refresh]).fit(stage, loader)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        every_n_epochs: int = 1,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        progress: bool = False,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.progress = progress
+        self.seconds: list[float] = []
+
+    def refresh(self, pl_module: Any) -> float:
+        """Embeds the dataset and refreshes the output set now; returns the seconds it took."""
+        output_set = pl_module.criterion.output_set
+        if not output_set.refreshable:
+            raise ValueError(f"{type(output_set).__name__} cannot be refreshed from a bank")
+        started = time.perf_counter()
+        bank = embed_bank(pl_module, self.dataset, self.batch_size, self.num_workers, self.progress)
+        output_set.refresh(bank)
+        seconds = time.perf_counter() - started
+        self.seconds.append(seconds)
+        return seconds
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        last = (max_epochs is not None and epoch >= max_epochs) or (
+            0 < trainer.max_steps <= trainer.global_step
+        )
+        if epoch % self.every_n_epochs != 0 or last:
+            return
+        seconds = self.refresh(pl_module)
+        pl_module.log("refresh/seconds", seconds, on_step=False, on_epoch=True, sync_dist=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": list(self.seconds)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = list(state_dict.get("seconds", []))
