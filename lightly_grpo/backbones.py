@@ -598,7 +598,7 @@ def export_backbone(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed onto it: a crash while saving leaves the previous
     # file intact, never a truncated one. clone() gives each tensor its own storage.
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # per process: no races
     try:
         torch.save({k: v.detach().cpu().clone() for k, v in state_dict.items()}, partial)
         os.replace(partial, path)

@@ -7,6 +7,8 @@ one host synchronisation (cheap on a GPU); the detailed message is only built on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -60,6 +62,8 @@ def check_embedding_shape(
     """
     if not isinstance(embeddings, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(embeddings).__name__}")
+    if not embeddings.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {embeddings.dtype}")
     if embeddings.dim() != 2:
         raise ValueError(f"{name} must have shape (batch_size, dim), got {tuple(embeddings.shape)}")
     if embeddings.shape[0] == 0:
@@ -72,6 +76,27 @@ def check_embeddings(embeddings: Tensor, embedding_size: int | None = None) -> N
     """Raises ValueError for a non-2-D, empty, wrongly sized or non-finite embedding batch."""
     check_embedding_shape(embeddings, embedding_size)
     check_finite({"embeddings": embeddings})
+
+
+def as_labels(labels: Any, device: torch.device | None = None) -> Tensor:
+    """Integer class labels as an int64 tensor (from a tensor, a list or a numpy array).
+
+    Raises:
+        ValueError: For floating-point or boolean labels, or values that are not numbers.
+
+    Examples:
+        >>> as_labels([0, 2, 1])
+        tensor([0, 2, 1])
+        >>> as_labels(torch.tensor([1, 0], dtype=torch.uint8)).dtype
+        torch.int64
+    """
+    try:
+        tensor = torch.as_tensor(labels, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"labels must be integers, got {type(labels).__name__}: {error}") from None
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {tensor.dtype}")
+    return tensor.long()
 
 
 def check_labels(labels: Tensor, num_classes: int, batch_size: int | None = None) -> None:

@@ -112,3 +112,30 @@ def test_pipeline_shim_keeps_old_names_and_warns_on_removed_ones() -> None:
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(10))
     with pytest.deprecated_call():
         assert RunOutputs(report=Path("r.html"))["report"] == "r.html"
+
+
+def test_final_checkpoint_links_the_latest_save_not_the_best_one(tmp_path: Path) -> None:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    class _Scored(_Regression):
+        def on_train_epoch_end(self) -> None:
+            # epoch 0 scores best; the final epoch is not the best
+            self.log("score", torch.tensor([3.0, 1.0, 2.0][self.current_epoch]))
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(16, 4), torch.randn(16))
+    callback = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="score", mode="max", save_top_k=2)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = _Scored()
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    assert Path(callback.best_model_path).name.startswith("epoch=0")
+    final = save_final_checkpoint(trainer, tmp_path / "final.ckpt")
+    state = torch.load(final, map_location="cpu", weights_only=True)
+    assert state["global_step"] == trainer.global_step == 6
+    assert torch.equal(state["state_dict"]["layer.weight"], module.layer.weight.detach())

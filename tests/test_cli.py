@@ -170,3 +170,22 @@ def test_retrieval_mode_trains_on_some_classes_and_evaluates_the_others(
     kmeans = ["posttrain", str(pretrained / "simclr.ckpt"), *SMALL, "--out", str(tmp_path / "k")]
     with pytest.raises(ValueError, match="needs --output-set neighbors"):
         main([*kmeans, "--output-set", "kmeans", "--train-classes", "0", "1"])
+
+
+def test_unlabeled_checks_fail_before_training(pretrained: Path, tmp_path: Path) -> None:
+    # Continuing SimCLR needs a SimCLR checkpoint's projection head; a bare backbone has none.
+    backbone = str(pretrained / "backbone.pt")
+    args = [
+        "posttrain",
+        backbone,
+        *SMALL,
+        "--out",
+        str(tmp_path / "x"),
+        "--output-set",
+        "neighbors",
+    ]
+    with pytest.raises(ValueError, match="projection head"):
+        main([*args, "--baselines", "simclr"])
+    with pytest.raises(ValueError, match="one device, got devices=2"):
+        main([*args, "--devices", "2"])
+    assert not (tmp_path / "x" / "grpo.ckpt").exists()

@@ -83,6 +83,8 @@ def _autograd_reference(logits, rewards, old, eps):  # type: ignore[no-untyped-d
     adv = group_advantages(rewards)
     ratio = torch.exp(torch.log_softmax(logits, -1) - torch.log_softmax(old, -1))
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+    # dual clip: a negative advantage's objective is bounded below by 3 * A
+    surrogate = torch.where(adv < 0, torch.maximum(surrogate, 3.0 * adv), surrogate)
     return -surrogate.mean()
 
 
@@ -165,7 +167,7 @@ def test_bad_input_raises(logits: torch.Tensor, rewards: torch.Tensor, match: st
 def test_bad_hyperparameters_raise() -> None:
     with pytest.raises(ValueError, match="clip_eps must be >= 0, got -0.1"):
         GRPORMLoss(clip_eps=-0.1)
-    with pytest.raises(ValueError, match="beta must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got -1"):
         GRPORMLoss(beta=-1)
     with pytest.raises(ValueError, match="beta=0.1 > 0 needs ref_logits"):
         GRPORMLoss(beta=0.1)(torch.randn(2, 3), torch.randn(2, 3))

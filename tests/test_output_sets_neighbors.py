@@ -289,3 +289,41 @@ def test_small_batches_use_every_candidate_or_fail_clearly() -> None:
     assert torch.equal(sampled(embeddings, items=items), full(embeddings, items=items))
     with pytest.raises(ValueError, match="at least 2 rows, got 1"):
         full(torch.randn(1, 8), items=torch.tensor([0]))
+
+
+def test_switching_positives_off_and_labels_overrule_the_table() -> None:
+    bank = _clusters()
+    items = torch.tensor([0, 1, 5])
+    views = torch.cat([bank[items]] * 2)
+    plain = NeighborOutputSet(12, 8, num_neighbors=3, neighbors_positive=False)
+    plain.initialize(bank)
+    group = plain.group(views, items=items)
+    assert group.positive is None and bool(group.extras["neighbor"].any())
+    # Retrieval mode: item 1 is a table neighbour of item 0 but of another class: wrong.
+    labeled = NeighborOutputSet(12, 8, num_neighbors=3, use_labels=True)
+    labeled.initialize(bank)
+    group = labeled.group(views, torch.tensor([0, 1, 0]).repeat(2), items)
+    assert group.positive is not None and not bool(group.positive.any())
+    candidates = group.indices[0]
+    assert not bool(group.correct[0][candidates == 1].any())
+    assert bool(group.correct[0][candidates == 5].all())  # same class (0), not a neighbour
+
+
+def test_a_refresh_also_updates_the_batch_sampler(tmp_path: Path) -> None:
+    from lightly_grpo.data import NeighborBatchSampler
+
+    torch.manual_seed(0)
+    train, bank_data = _two_view_dataset()
+    output_set = NeighborOutputSet(24, 8, num_neighbors=3)
+    stage = GRPORMStage(
+        _Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train", lr_backbone=0.05
+    )
+    output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
+    sampler = NeighborBatchSampler(output_set.neighbors, batch_size=8, seed=0)
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)
+    refresh = OutputSetRefresh(bank_data, every_n_epochs=1, batch_size=10)
+    fit_steps(stage, loader, tmp_path, steps=2 * len(sampler), callbacks=[refresh])
+    assert len(refresh.seconds) == 1
+    assert torch.equal(torch.from_numpy(sampler._neighbors), output_set.neighbors)
+    with pytest.raises(ValueError, match=r"shape \(24, >= 1\), got \(4, 3\)"):
+        sampler.set_neighbors(output_set.neighbors[:4] % 4)

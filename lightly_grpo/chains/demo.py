@@ -36,7 +36,10 @@ def demo(cfg: DemoConfig) -> RunOutputs:
     outputs = posttrain(labeled)
     summary: dict[str, object] = {"labeled": outputs.metrics}
     if cfg.unlabeled_images > 0:
-        unlabeled = posttrain(unlabeled_demo_config(labeled, cfg.unlabeled_images))
+        unlabeled_cfg = unlabeled_demo_config(labeled, cfg.unlabeled_images)
+        if cfg.pretrain.method != "simclr":  # continuing SimCLR needs a SimCLR checkpoint
+            unlabeled_cfg = dataclasses.replace(unlabeled_cfg, baselines=[])
+        unlabeled = posttrain(unlabeled_cfg)
         summary["unlabeled"] = unlabeled.metrics
         print(f"unlabeled report: {unlabeled.report}")
     (Path(cfg.posttrain.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -99,8 +99,13 @@ def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike[str]) -> 
         >>> save_final_checkpoint(trainer, "runs/x/final.ckpt")  # doctest: +SKIP
     """
     path = Path(path)
+    if trainer.world_size > 1:
+        # Under DDP Lightning's save is collective (every rank enters it, rank 0 writes
+        # atomically); a link decided per rank could leave the ranks out of step.
+        trainer.save_checkpoint(path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.unlink(missing_ok=True)
     saved = _checkpoint_of_last_step(trainer)
     try:
@@ -115,10 +120,13 @@ def save_final_checkpoint(trainer: pl.Trainer, path: str | os.PathLike[str]) -> 
 
 def _checkpoint_of_last_step(trainer: pl.Trainer) -> Path | None:
     callback = trainer.checkpoint_callback
-    if not isinstance(callback, ModelCheckpoint) or not callback.best_model_path:
+    # Lightning's path of its most recent save (not best_model_path, which with a monitor can
+    # be an older, better-scoring file).
+    latest = getattr(callback, "_last_checkpoint_saved", "") if callback else ""
+    if not isinstance(callback, ModelCheckpoint) or not latest:
         return None
     # Only a file saved at the trainer's current step holds the final state.
-    saved = Path(callback.best_model_path).resolve()
+    saved = Path(latest).resolve()
     if (
         not saved.is_file()
         or getattr(callback, "_last_global_step_saved", None) != trainer.global_step

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
-from lightly_grpo.chains.config import PosttrainConfig, uniformity_weight
+from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig, uniformity_weight
 from lightly_grpo.chains.evaluate import (
     EmbeddingEvaluation,
     EvaluationData,
@@ -37,7 +37,12 @@ from lightly_grpo.chains.evaluate import (
     report_models,
 )
 from lightly_grpo.chains.flags import RUN_FACTS_KEY
-from lightly_grpo.chains.posttrain import PRETRAINED_NAME, LabeledData, fit_baseline
+from lightly_grpo.chains.posttrain import (
+    PRETRAINED_NAME,
+    LabeledData,
+    fit_baseline,
+    unlabeled_loader,
+)
 from lightly_grpo.chains.runtime import (
     EpochHistory,
     make_trainer,
@@ -127,6 +132,8 @@ def build_unlabeled_stage(
             dim,
             num_neighbors=cfg.num_neighbors,
             use_labels=cfg.train_classes is not None,
+            # Without a neighbour reward the neighbours are ordinary wrong outputs.
+            neighbors_positive=cfg.neighbor_reward > 0,
         )
         reward = neighbor_reward(cfg.accuracy_reward, cfg.neighbor_reward, uniformity_weight(cfg))
     elif cfg.output_set == "kmeans":
@@ -180,7 +187,7 @@ def continued_simclr(cfg: PosttrainConfig) -> SimCLRModule:
         cfg.checkpoint,
         map_location="cpu",
         weights_only=True,
-        backbone=load_backbone(cfg.checkpoint, cfg.architecture, in_channels=cfg.data.in_channels),
+        backbone=_load_backbone(cfg),
         lr=cfg.lr_backbone,
     )
     return module
@@ -200,7 +207,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     _check_unlabeled_config(cfg)
     out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
     data = unlabeled_data(cfg)
-    backbone = load_backbone(cfg.checkpoint, cfg.architecture, in_channels=cfg.data.in_channels)
+    backbone = _load_backbone(cfg)
     reference = copy.deepcopy(backbone)
     num_classes = len(np.unique(dataset_labels(eval_split(cfg.data, "test"))))
     stage = build_unlabeled_stage(cfg, backbone, len(data.indices), num_classes)
@@ -217,16 +224,21 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     stage.train()
     trainer.fit(stage, _train_loader(cfg, data, stage))
     train_seconds = time.perf_counter() - started
-    stage.to(trainer.strategy.root_device).eval()
+    stage.to(trainer.strategy.root_device)
+    if cfg.batchnorm == "recompute":
+        stage.recompute_batchnorm(unlabeled_loader(cfg))
+    stage.eval()
     outputs = RunOutputs(
         checkpoint=save_final_checkpoint(trainer, out_dir / "grpo.ckpt"),
         backbone=export_backbone(stage.backbone, out_dir / "backbone.pt"),
         history=history.rows,
     )
     models: dict[str, nn.Module] = {PRETRAINED_NAME: reference}
-    for name in cfg.baselines:
+    for name in _baselines(cfg):
         if name == "simclr":
-            models[SIMCLR_BASELINE] = _fit_simclr(cfg, data, out_dir, trainer.global_step)
+            # As many batches as GRPO-RM saw (global_step counts its inner steps too).
+            batches = trainer.global_step // stage.inner_steps
+            models[SIMCLR_BASELINE] = _fit_simclr(cfg, data, out_dir, batches)
         else:  # a labeled method of lightly_grpo.methods, retrieval mode only
             labeled = _retrieval_labeled_data(cfg, data)
             models[name] = fit_baseline(name, cfg, reference, labeled, out_dir).backbone
@@ -242,7 +254,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     if evaluate:
         output_set = stage.criterion.output_set
         clusters = output_set if isinstance(output_set, KMeansPrototypes) else None
-        evaluations = _evaluate(cfg, models, trainer.strategy.root_device, num_classes, clusters)
+        evaluations = _evaluate(cfg, models, trainer.strategy.root_device, clusters)
         title = (
             f"GRPO-RM unlabeled post-training report ({cfg.output_set})"
             if cfg.train_classes is None
@@ -274,8 +286,15 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
         )
     if retrieval and len(set(cfg.train_classes or [])) < 2:
         raise ValueError(f"train_classes needs at least 2 classes, got {cfg.train_classes}")
-    for name in cfg.baselines:
-        if name in UNLABELED_BASELINES:
+    if cfg.trainer.devices != 1:
+        # The neighbour-mined batches and the refresh are not wired to Lightning's DDP sampler
+        # yet: fail before training instead of mining from a wrapped sampler.
+        raise ValueError(
+            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices!r}"
+        )
+    for name in _baselines(cfg):
+        if name == "simclr":
+            _check_simclr_checkpoint(cfg.checkpoint)
             continue
         if not retrieval:
             raise ValueError(
@@ -283,6 +302,35 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
                 f"{list(UNLABELED_BASELINES)} (labeled methods need --train-classes)"
             )
         method_spec(name)  # raises for an unknown method name
+
+
+def _baselines(cfg: PosttrainConfig) -> list[str]:
+    return [name for name in cfg.baselines if name.lower() != "none"]
+
+
+def _check_simclr_checkpoint(path: str) -> None:
+    """Continuing SimCLR needs the checkpoint's projection head: fail before any training."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"cannot read checkpoint {path!r} for --baselines simclr: {error}"
+        ) from None
+    keys = state.get("state_dict", {}) if isinstance(state, dict) else {}
+    if not any(key.startswith("projection_head.") for key in keys):
+        raise ValueError(
+            f"--baselines simclr continues a SimCLR checkpoint with its projection head; "
+            f"{path!r} has none (a DINO checkpoint or a bare backbone?)"
+        )
+
+
+def _load_backbone(cfg: PosttrainConfig) -> nn.Module:
+    return load_backbone(
+        cfg.checkpoint,
+        cfg.architecture,
+        in_channels=cfg.data.in_channels,
+        prefix=CHECKPOINT_BACKBONES[cfg.backbone_from],
+    )
 
 
 def _retrieval_labeled_data(cfg: PosttrainConfig, data: UnlabeledData) -> LabeledData:
@@ -319,7 +367,15 @@ def _evaluation_data(cfg: PosttrainConfig) -> EvaluationData:
 def _refresh(cfg: PosttrainConfig, data: UnlabeledData) -> list[pl.Callback]:
     if cfg.refresh_every <= 0:
         return []
-    return [OutputSetRefresh(data.bank, cfg.refresh_every, cfg.eval.batch_size, progress=True)]
+    return [
+        OutputSetRefresh(
+            data.bank,
+            cfg.refresh_every,
+            cfg.eval.batch_size,
+            cfg.data.num_workers,
+            progress=cfg.trainer.progress,
+        )
+    ]
 
 
 def _fit_simclr(cfg: PosttrainConfig, data: UnlabeledData, out_dir: Path, steps: int) -> nn.Module:
@@ -347,7 +403,6 @@ def _evaluate(
     cfg: PosttrainConfig,
     models: dict[str, nn.Module],
     device: torch.device,
-    num_classes: int,
     clusters: KMeansPrototypes | None,
 ) -> dict[str, EmbeddingEvaluation]:
     data = _evaluation_data(cfg)
@@ -361,7 +416,8 @@ def _evaluate(
         queries, labels = evaluation.embeddings, evaluation.labels
         metrics = evaluation.result.metrics
         metrics.update(
-            kmeans_clustering_scores(queries, labels, num_classes, seed=cfg.data.data_seed)
+            # As many clusters as classes present (fewer in retrieval mode's unseen classes).
+            kmeans_clustering_scores(queries, labels, None, seed=cfg.data.data_seed)
         )
         metrics["neighbor_purity"] = neighbor_purity(queries, labels, k=min(20, len(labels) - 1))
         if clusters is not None and name == "GRPO-RM":

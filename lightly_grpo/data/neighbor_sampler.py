@@ -249,6 +249,22 @@ class NeighborBatchSampler(Sampler[list[int]]):
         """Number of batches this rank yields per epoch."""
         return self._length
 
+    def set_neighbors(self, neighbors: Tensor) -> None:
+        """Mines later batches from a new neighbour table of the same N items (and k >= the
+        neighbours per anchor), e.g. the one an output-set refresh rebuilt.
+
+        Raises:
+            ValueError: For a table of another item count or too few neighbours per row.
+        """
+        table = _neighbor_table(neighbors)
+        if table.shape[0] != self.num_items or table.shape[1] < self.neighbors_per_anchor:
+            raise ValueError(
+                f"the new neighbour table must have shape ({self.num_items}, >= "
+                f"{self.neighbors_per_anchor}), got {tuple(table.shape)}"
+            )
+        self._neighbors = table
+        self.k = int(table.shape[1])
+
     def __iter__(self) -> Iterator[list[int]]:
         permutation = np.random.default_rng(self.seed + self.epoch).permutation(self.num_items)
         for index in range(self.rank, self._length * self.num_replicas, self.num_replicas):

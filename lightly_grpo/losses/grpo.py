@@ -116,11 +116,17 @@ class GRPOStats:
         }
 
 
+#: Upper bound of log(pi / pi_old) before exp (rho <= e^20): keeps the ratio finite in float32.
+MAX_LOG_RATIO = 20.0
+#: Dual-clip constant c: for a negative advantage the surrogate is max(min(...), c * A).
+DUAL_CLIP = 3.0
+
+
 class _GRPOSurrogate(torch.autograd.Function):
     """Clipped group-relative surrogate with an exact closed-form gradient on the logits.
 
     Per query b and output i, with pi = softmax(logits), rho_i = pi_i / pi_old_i and advantages A:
-        s_i = min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i)
+        s_i = min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i), and for A_i < 0 at least c A_i
         loss = -1/B sum_b 1/G sum_i s_i + beta/B sum_b KL(pi_b || pi_ref_b)
     d s_i / d logit_j = c_i A_i rho_i (delta_ij - pi_j), where c_i = 1 when the unclipped term is
     the active one, and d KL / d logit_j = pi_j (log pi_j - log pi_ref_j - KL).
@@ -148,15 +154,21 @@ class _GRPOSurrogate(torch.autograd.Function):
             grad.sub_(advantages, alpha=scale)
             clip_count = logits.new_zeros(())
         else:
-            ratio = (log_probs - old_log_probs).exp_()
+            # The log-ratio is bounded before exp: an old policy far from the current one (e.g.
+            # old logits of 100 against 0) would otherwise give rho = inf and a NaN gradient.
+            ratio = (log_probs - old_log_probs).clamp_(max=MAX_LOG_RATIO).exp_()
             low, high = 1.0 - clip_eps, 1.0 + clip_eps
             too_high, too_low = ratio > high, ratio < low
             clip_count = (too_high | too_low).sum()
             # min(rho A, clip(rho) A) takes the clipped (constant) branch only when it is smaller.
-            positive = advantages > 0
-            inactive = (too_high & positive) | (too_low & (advantages < 0))
+            # Dual clip (Ye et al., 2020): for A < 0 the objective is also bounded below by
+            # DUAL_CLIP * A, so a large rho on a bad output cannot dominate the loss.
+            positive, negative = advantages > 0, advantages < 0
+            dual = negative & (ratio > DUAL_CLIP)
+            inactive = (too_high & positive) | (too_low & negative) | dual
             unclipped = ratio * advantages
-            surrogate = torch.where(inactive, ratio.clamp(low, high) * advantages, unclipped)
+            clipped = torch.where(dual, DUAL_CLIP * advantages, ratio.clamp(low, high) * advantages)
+            surrogate = torch.where(inactive, clipped, unclipped)
             loss = surrogate.sum().mul_(-scale)
             weighted = unclipped.masked_fill_(inactive, 0.0)
             grad = probs * weighted.sum(dim=-1, keepdim=True).mul_(scale)
@@ -205,8 +217,10 @@ class GRPORMLoss(nn.Module):
         super().__init__()
         if not clip_eps >= 0:
             raise ValueError(f"clip_eps must be >= 0, got {clip_eps}")
-        if not beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        if not 0 <= beta < float("inf"):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        if not clip_eps < float("inf"):
+            raise ValueError(f"clip_eps must be finite, got {clip_eps}")
         if not adv_eps > 0:
             raise ValueError(f"adv_eps must be > 0, got {adv_eps}")
         self.clip_eps = float(clip_eps)
@@ -262,18 +276,24 @@ class GRPORMLoss(nn.Module):
         correct: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self._validate(logits, rewards, old_logits, ref_logits)
-        rewards = rewards.detach().to(logits.dtype)
+        # float16 / bfloat16 logits (mixed precision) are scored in float32: rewards, softmax and
+        # ratios overflow or lose the advantages in half precision. The gradient flows back
+        # through the cast in the logits' own dtype.
+        compute = torch.promote_types(logits.dtype, torch.float32)
+        rewards = rewards.detach().to(compute)
         advantages = group_advantages(rewards, self.adv_eps, correct)
         old_log_probs = (
-            None if old_logits is None else torch.log_softmax(old_logits.detach(), dim=-1)
+            None
+            if old_logits is None
+            else torch.log_softmax(old_logits.detach().to(compute), dim=-1)
         )
         ref_log_probs = (
-            torch.log_softmax(ref_logits.detach(), dim=-1)
+            torch.log_softmax(ref_logits.detach().to(compute), dim=-1)
             if ref_logits is not None and self.beta > 0
             else None
         )
         return _GRPOSurrogate.apply(
-            logits, advantages, old_log_probs, ref_log_probs, self.clip_eps, self.beta
+            logits.to(compute), advantages, old_log_probs, ref_log_probs, self.clip_eps, self.beta
         )
 
     def _validate(

@@ -25,7 +25,15 @@ from lightly_grpo.rewards import (
     default_reward,
     reward_from_config,
 )
-from lightly_grpo.validation import check_embedding_shape, check_finite, check_labeled_batch
+from lightly_grpo.validation import (
+    as_labels,
+    check_embedding_shape,
+    check_finite,
+    check_labeled_batch,
+)
+
+#: Smallest policy temperature: cosine / tau stays far inside float32's range (|logit| <= 1e6).
+MIN_TEMPERATURE = 1e-6
 
 
 class GRPORMPolicyLoss(nn.Module):
@@ -78,6 +86,12 @@ class GRPORMPolicyLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if temperature == float("inf"):
             raise ValueError(f"temperature must be finite, got {temperature}")
+        if temperature < MIN_TEMPERATURE:
+            # Logits are cosine / tau: below this they overflow float32 (|logit| > 3e38 * tau).
+            raise ValueError(
+                f"temperature must be >= {MIN_TEMPERATURE} (logits are cosine / temperature), "
+                f"got {temperature}"
+            )
         if isinstance(output_set, dict):
             output_set = output_set_from_config(output_set)
         if not isinstance(output_set, OutputSet):
@@ -116,6 +130,8 @@ class GRPORMPolicyLoss(nn.Module):
         self, embeddings: Tensor, labels: Tensor | None, items: Tensor | None = None
     ) -> OutputGroup:
         check_embedding_shape(embeddings, getattr(self.output_set, "embedding_size", None))
+        if labels is not None:
+            labels = as_labels(labels, embeddings.device)
         if self.validate:
             if labels is not None and self.output_set.requires_labels:
                 keys = getattr(self.output_set, "weight", None)
@@ -216,6 +232,9 @@ class GRPORMPolicyLoss(nn.Module):
                 f"beta={self.grpo.beta} > 0 needs ref_logits (the reference policy's logits, "
                 "e.g. from reference_logits(...)); without them the KL term would be dropped"
             )
+        if self.validate and (old_logits is not None or ref_logits is not None):
+            # Before the rewards read them: a NaN here is the caller's old or reference policy.
+            check_finite({"old_logits": old_logits, "ref_logits": ref_logits})
         group = self._group(embeddings, labels, items)
         logits = group.similarities / self.temperature
         for name, other in (("old_logits", old_logits), ("ref_logits", ref_logits)):

@@ -188,7 +188,9 @@ class KeyedOutputSet(OutputSet):
     def similarities(self, embeddings: Tensor, keys: Tensor | None = None) -> Tensor:
         """Cosine similarity of each (normalised) embedding to every key, shape (B, N)."""
         keys = self.keys() if keys is None else keys
-        return F.normalize(embeddings, dim=1) @ keys.t()
+        # Half-precision or float64 embeddings meet float32 keys: score in the keys' dtype (the
+        # cast is differentiable, so the gradient reaches the embeddings in their own dtype).
+        return F.normalize(embeddings.to(keys.dtype), dim=1) @ keys.t()
 
     def group(
         self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None

@@ -52,8 +52,12 @@ class NeighborOutputSet(OutputSet):
         embedding_size: Dimension D of the embeddings.
         num_neighbors: k, the neighbours per item in the table.
         use_labels: Retrieval mode: candidates of the query's class are correct too (batches
-            must carry labels).
+            must carry labels), and the labels overrule the table: a neighbour of another class
+            is a plain wrong output.
         backend: Search backend of the neighbour table (see :mod:`lightly_grpo.index`).
+        neighbors_positive: Whether table neighbours are positives (spared the uniformity
+            penalty and the advantage cap). False makes them ordinary wrong outputs, e.g. for an
+            ablation without the neighbour reward; the ``"neighbor"`` mask stays in ``extras``.
 
     Examples:
         >>> neighbors = NeighborOutputSet(num_items=6, embedding_size=2, num_neighbors=1)
@@ -75,6 +79,7 @@ class NeighborOutputSet(OutputSet):
         num_neighbors: int = 20,
         use_labels: bool = False,
         backend: str = "auto",
+        neighbors_positive: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 2:
@@ -91,6 +96,7 @@ class NeighborOutputSet(OutputSet):
         self.num_neighbors = num_neighbors
         self.use_labels = use_labels
         self.backend = backend
+        self.neighbors_positive = neighbors_positive
         # Saved in checkpoints with the model: a resumed run keeps its neighbour table.
         self.neighbors: Tensor
         self.register_buffer("neighbors", torch.full((num_items, num_neighbors), -1))
@@ -114,6 +120,7 @@ class NeighborOutputSet(OutputSet):
             "num_neighbors": self.num_neighbors,
             "use_labels": self.use_labels,
             "backend": self.backend,
+            "neighbors_positive": self.neighbors_positive,
         }
 
     # ------------------------------------------------------------------ the table
@@ -160,14 +167,15 @@ class NeighborOutputSet(OutputSet):
                 raise ValueError(
                     f"labels must have one entry per row ({len(item_of_row)}), got {len(labels)}"
                 )
+            # Same-class candidates are correct; a neighbour of another class is wrong.
             correct = correct | (labels[columns] == labels.unsqueeze(1))
-            neighbor = neighbor & ~correct
+            neighbor = torch.zeros_like(neighbor)
         return OutputGroup(
             similarities=similarities,
             correct=correct,
             indices=candidate_items,
             extras={"neighbor": neighbor},
-            positive=neighbor,
+            positive=neighbor if self.neighbors_positive else None,
         )
 
     def _rows(self, embeddings: Tensor, items: Tensor | None) -> tuple[int, Tensor]:
@@ -188,6 +196,8 @@ class NeighborOutputSet(OutputSet):
                 "(views, labels, indices), e.g. from lightly_grpo.data.IndexedDataset"
             )
         items = torch.as_tensor(items, device=embeddings.device).reshape(-1)
+        if len(items) == 0:
+            raise ValueError("items is empty: expected one dataset index per image of the batch")
         if items.dtype.is_floating_point or items.dtype == torch.bool:
             raise ValueError(f"items must be integer dataset indices, got dtype {items.dtype}")
         rows = embeddings.shape[0]

@@ -18,7 +18,9 @@ from lightly.utils import dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
 from lightly_grpo.embedding import embed_loader, eval_mode
+from lightly_grpo.output_sets.neighbors import NeighborOutputSet
 
 __all__ = ["OutputSetRefresh", "embed_bank", "interleave_shards"]
 
@@ -120,14 +122,21 @@ class OutputSetRefresh(pl.Callback):
         self.progress = progress
         self.seconds: list[float] = []
 
-    def refresh(self, pl_module: Any) -> float:
-        """Embeds the dataset and refreshes the output set now; returns the seconds it took."""
+    def refresh(self, pl_module: Any, trainer: pl.Trainer | None = None) -> float:
+        """Embeds the dataset and refreshes the output set now; returns the seconds it took.
+
+        When the trainer's training batches come from a
+        :class:`~lightly_grpo.data.NeighborBatchSampler`, it mines from the new table too.
+        """
         output_set = pl_module.criterion.output_set
         if not output_set.refreshable:
             raise ValueError(f"{type(output_set).__name__} cannot be refreshed from a bank")
         started = time.perf_counter()
         bank = embed_bank(pl_module, self.dataset, self.batch_size, self.num_workers, self.progress)
         output_set.refresh(bank)
+        sampler = getattr(getattr(trainer, "train_dataloader", None), "batch_sampler", None)
+        if isinstance(sampler, NeighborBatchSampler) and isinstance(output_set, NeighborOutputSet):
+            sampler.set_neighbors(output_set.neighbors.cpu())
         seconds = time.perf_counter() - started
         self.seconds.append(seconds)
         return seconds
@@ -140,7 +149,7 @@ class OutputSetRefresh(pl.Callback):
         )
         if epoch % self.every_n_epochs != 0 or last:
             return
-        seconds = self.refresh(pl_module)
+        seconds = self.refresh(pl_module, trainer)
         pl_module.log("refresh/seconds", seconds, on_step=False, on_epoch=True, sync_dist=False)
 
     def state_dict(self) -> dict[str, Any]:
