@@ -428,8 +428,13 @@ def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
             "If it is a valid checkpoint from a trusted source that holds other Python "
             "objects, pass trusted=True."
         ) from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"Cannot read checkpoint '{path}': {err}") from err
+    except (RuntimeError, EOFError, KeyError, IndexError, AttributeError, TypeError) as err:
+        # torch.load on a file that is not a checkpoint (text, a truncated download) fails
+        # from deep inside the unpickler with whatever it tripped over.
+        raise ValueError(
+            f"Cannot read checkpoint '{path}': not a PyTorch checkpoint or a damaged one "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def _format_keys(keys: list[str]) -> str:
@@ -558,6 +563,10 @@ def load_backbone(
         logger.warning("Loading '%s' non-strictly into %s: %s", path, arch_name, details)
         skip = {m.split(":", 1)[0] for m in mismatched}
         state_dict = {k: v for k, v in state_dict.items() if k not in skip}
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        # A model whose every output is NaN would otherwise only show up after training.
+        raise ValueError(f"Checkpoint '{path}' holds NaN or inf values in {_format_keys(bad)}")
     module.load_state_dict(state_dict, strict=strict)
     return module.eval()
 

@@ -369,3 +369,20 @@ def test_a_teacher_student_checkpoint_loads_its_teacher_unless_told_otherwise(
     assert torch.equal(loaded["auto"].weight, teacher.weight)
     assert torch.equal(loaded["teacher"].weight, teacher.weight)
     assert torch.equal(loaded["student"].weight, student.weight)
+
+
+def test_files_that_are_not_checkpoints_and_nan_weights_give_clear_errors(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a checkpoint\n")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint or a damaged one"):
+        load_backbone(text)
+    good = export_backbone(resnet18_small(), tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="Cannot read checkpoint"):
+        load_backbone(truncated)
+    state = resnet18_small().state_dict()
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=r"NaN or inf values in 1 \[conv1.weight\]"):
+        load_backbone(tmp_path / "nan.pt")
