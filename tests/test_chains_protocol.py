@@ -3,6 +3,7 @@ accuracy is which."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -70,3 +71,16 @@ def test_score_embeddings_names_each_accuracy_and_feeds_the_head_unnormalised() 
     wrong = score_embeddings(train, test, lambda z: 1 - by_norm(z), progress=False).metrics
     assert wrong["classifier_accuracy"] == 0.0
     assert "classifier_accuracy" not in score_embeddings(train, test, progress=False).metrics
+
+
+def test_a_bank_smaller_than_a_protocols_k_skips_that_protocol_with_a_warning() -> None:
+    # 60 training images (a small ImageFolder): lightly's k=200 cannot run, k=20 can.
+    torch.manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    labels = torch.arange(60) % 3
+    train = (directions[labels] + 0.05 * torch.randn(60, 8), labels)
+    test = (directions[labels[:30]] + 0.05 * torch.randn(30, 8), labels[:30])
+    with pytest.warns(UserWarning, match=r"\['lightly'\] need more than the 60 bank images"):
+        scored = score_embeddings(train, test, progress=False).metrics
+    assert scored["knn_top1_dino"] == 1.0 and "knn_top1_lightly" not in scored
+    assert scored["mean_average_precision_at_r"] > 0.9

@@ -41,6 +41,7 @@ from lightly_grpo.embedding import (
     eval_mode,
 )
 from lightly_grpo.evaluation import RetrievalEvaluator, RetrievalResult, evaluate_against_bank
+from lightly_grpo.evaluation.knn import parse_protocol
 from lightly_grpo.report import write_report
 
 #: Maps unnormalised (N, D) CPU embeddings to (N,) predicted classes: a model's own head.
@@ -135,6 +136,21 @@ def embed_dataset(
     return embeddings, labels
 
 
+def _protocols_that_fit(evaluator: RetrievalEvaluator, bank_size: int) -> RetrievalEvaluator:
+    """The evaluator without the kNN protocols whose k exceeds the bank, with a warning: a small
+    ImageFolder (60 training images against lightly's k = 200) still gets every other metric
+    after its training, instead of an error."""
+    fitting = tuple(p for p in evaluator.knn_protocols if parse_protocol(p)[1] <= bank_size)
+    if fitting == tuple(evaluator.knn_protocols):
+        return evaluator
+    dropped = [parse_protocol(p)[0] for p in evaluator.knn_protocols if p not in fitting]
+    warnings.warn(
+        f"kNN protocol(s) {dropped} need more than the {bank_size} bank images; not evaluated",
+        stacklevel=3,
+    )
+    return evaluator.replace(knn_protocols=fitting)
+
+
 def score_embeddings(
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
@@ -154,6 +170,7 @@ def score_embeddings(
     """
     bank = F.normalize(train[0], dim=1)
     queries = F.normalize(test[0], dim=1)
+    evaluator = _protocols_that_fit(evaluator or RetrievalEvaluator(), len(bank))
     result = evaluate_against_bank(queries, test[1], bank, train[1], evaluator, progress)
     num_classes = int(max(int(train[1].max()), int(test[1].max())) + 1)
     result.metrics["ncm_accuracy"] = class_means_accuracy(
