@@ -193,6 +193,11 @@ class PosttrainConfig:
         "same checkpoint on the same labeled images, epochs and settings, for the report "
         "('none' for none)",
     )
+    resume: bool = option(
+        False,
+        "continue the interrupted run in --out from its last checkpoint (model, optimizer, "
+        "schedule, output set, data order, random states); same settings as the first run",
+    )
     output_set: str = option(
         "classes",
         "what the policy chooses among: classes (labeled, the paper's setting), or, trained "

@@ -28,8 +28,10 @@ from lightly_grpo.chains.evaluate import (
 from lightly_grpo.chains.flags import RUN_FACTS_KEY
 from lightly_grpo.chains.runtime import (
     EpochHistory,
+    check_not_posttrained,
     make_trainer,
     prepare_run,
+    resume_from,
     save_final_checkpoint,
 )
 from lightly_grpo.data import (
@@ -155,7 +157,11 @@ def unlabeled_loader(cfg: PosttrainConfig) -> DataLoader[Any]:
 
 
 def fit_stage(
-    trainer: pl.Trainer, stage: PostTrainingModule, labeled: LabeledData, cfg: PosttrainConfig
+    trainer: pl.Trainer,
+    stage: PostTrainingModule,
+    labeled: LabeledData,
+    cfg: PosttrainConfig,
+    ckpt_path: str | None = None,
 ) -> float:
     """Initialises the criterion (GRPO-RM's prototypes at the class means), trains, and leaves
     the module in eval mode on the trainer's device (with re-estimated BatchNorm statistics for
@@ -168,7 +174,9 @@ def fit_stage(
     stage.to(device).init_criterion(labeled.init)
     started = time.perf_counter()
     stage.train()  # a loaded backbone arrives in eval mode
-    trainer.fit(stage, labeled.train, labeled.validation)
+    # From ckpt_path (a resumed run), Lightning restores the weights, the output set, the
+    # optimizer, the schedule, the loop position, and through the callbacks the history and RNG.
+    trainer.fit(stage, labeled.train, labeled.validation, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - started
     stage.to(device)  # Lightning's teardown moves the module back to the CPU
     if cfg.batchnorm == "recompute":
@@ -221,8 +229,9 @@ def fit_baseline(
     generator = labeled.train.generator
     if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
         generator.manual_seed(cfg.data.seed)
-    trainer = make_trainer(cfg.trainer, out_dir / "baselines" / name, cfg.epochs)
-    fit_stage(trainer, module, labeled, cfg)
+    folder = out_dir / "baselines" / name
+    trainer = make_trainer(cfg.trainer, folder, cfg.epochs)
+    fit_stage(trainer, module, labeled, cfg, resume_from(cfg.resume, folder))
     return module
 
 
@@ -242,6 +251,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         from lightly_grpo.chains.unlabeled import posttrain_unlabeled
 
         return posttrain_unlabeled(cfg, evaluate)
+    check_not_posttrained(cfg.checkpoint)
     out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
     baselines = baseline_names(cfg)  # unknown names fail before any training
     labeled = labeled_data(cfg)
@@ -255,7 +265,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
     stage = build_stage(cfg, backbone, labeled.num_classes)
     history = EpochHistory()
     trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs, [history])
-    train_seconds = fit_stage(trainer, stage, labeled, cfg)
+    train_seconds = fit_stage(trainer, stage, labeled, cfg, resume_from(cfg.resume, out_dir))
     save_final_checkpoint(trainer, out_dir / "grpo.ckpt")
     outputs = RunOutputs(
         checkpoint=out_dir / "grpo.ckpt",

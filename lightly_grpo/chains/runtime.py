@@ -7,10 +7,13 @@ that trains nothing), so ``"auto"`` means what it means to Lightning.
 from __future__ import annotations
 
 import os
+import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric import Fabric
@@ -52,6 +55,89 @@ class EpochHistory(pl.Callback):
                 row[name.removesuffix("_epoch")] = float(value)
         self.rows.append(row)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(row) for row in state_dict.get("rows", [])]
+
+
+class RNGStates(pl.Callback):
+    """Saves the Python, numpy and torch random states in every checkpoint and restores them on
+    resume, so the augmentations (and sampled groups) after a resume are the ones an
+    uninterrupted run draws. The state is taken when the checkpoint is written (the end of an
+    epoch), which is where a resumed run continues."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain ints, lists and tensors only: checkpoints load with weights_only=True.
+        name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+        return {
+            "python": random.getstate(),
+            "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+
+
+def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path:
+    """The checkpoint an interrupted run in ``out_dir`` continues from: ``checkpoints/last.ckpt``,
+    or (when a crash hit between replacing the epoch file and relinking it) the newest epoch file.
+
+    Raises:
+        FileNotFoundError: When the run folder holds no checkpoint.
+    """
+    folder = Path(out_dir) / "checkpoints"
+    last = folder / "last.ckpt"
+    if last.is_file():  # follows the link
+        return last.resolve()
+    epochs = sorted(folder.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not epochs:
+        raise FileNotFoundError(
+            f"nothing to resume: no checkpoint in '{folder}' (run without --resume to start)"
+        )
+    return epochs[-1]
+
+
+def resume_from(resume: bool, out_dir: str | os.PathLike[str]) -> str | None:
+    """The checkpoint to pass to ``trainer.fit(ckpt_path=...)``: the run's latest one when
+    ``resume`` is set and one exists (a run killed before its first epoch ended starts over,
+    with a warning), else None."""
+    if not resume:
+        return None
+    try:
+        return str(latest_checkpoint(out_dir))
+    except FileNotFoundError as error:
+        warnings.warn(f"{error}; starting from the beginning", stacklevel=2)
+        return None
+
+
+def check_not_posttrained(path: str | os.PathLike[str]) -> None:
+    """Refuses a post-training checkpoint as the *input* of a post-training run.
+
+    Passing a run's own ``last.ckpt`` as the pretrained checkpoint would restart from scratch
+    (new prototypes, optimizer and schedule) and report the partly trained model as the
+    pretrained one; ``--resume`` is what continues a run.
+    """
+    path = Path(path)
+    if path.suffix != ".ckpt" or not path.is_file():
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load_backbone reports unreadable files by name
+        return
+    hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
+    if isinstance(hparams, dict) and "lr_backbone" in hparams:
+        raise ValueError(
+            f"'{path}' is a post-training checkpoint, not a pretrained one: to continue that run "
+            "pass --resume with its --out folder; to post-train its result, pass its backbone.pt"
+        )
+
 
 def make_trainer(
     cfg: TrainerConfig, out_dir: Path, epochs: int, callbacks: Sequence[pl.Callback] = ()
@@ -77,7 +163,7 @@ def make_trainer(
         precision=cfg.precision,  # type: ignore[arg-type]
         default_root_dir=str(out_dir),
         logger=CSVLogger(str(out_dir), name="logs"),  # kept for users: a plain CSV of every step
-        callbacks=[checkpoints, *callbacks],
+        callbacks=[checkpoints, RNGStates(), *callbacks],
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         log_every_n_steps=5,
@@ -164,6 +250,10 @@ def prepare_run(out_dir: str, seed: int) -> Path:
 
 __all__ = [
     "EpochHistory",
+    "RNGStates",
+    "check_not_posttrained",
+    "latest_checkpoint",
+    "resume_from",
     "make_trainer",
     "prepare_run",
     "resolve_device",

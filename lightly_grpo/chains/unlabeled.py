@@ -45,8 +45,10 @@ from lightly_grpo.chains.posttrain import (
 )
 from lightly_grpo.chains.runtime import (
     EpochHistory,
+    check_not_posttrained,
     make_trainer,
     prepare_run,
+    resume_from,
     save_final_checkpoint,
 )
 from lightly_grpo.data import dataset_labels, make_loader, resolve_dataset
@@ -205,6 +207,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     ``backbone.pt``, ``config.json``, ``metrics.json`` and ``report.html`` to ``out_dir``.
     """
     _check_unlabeled_config(cfg)
+    check_not_posttrained(cfg.checkpoint)
     out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
     data = unlabeled_data(cfg)
     backbone = _load_backbone(cfg)
@@ -222,7 +225,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     stage.criterion.output_set.snapshot_reference()
     init_seconds = time.perf_counter() - started
     stage.train()
-    trainer.fit(stage, _train_loader(cfg, data, stage))
+    trainer.fit(stage, _train_loader(cfg, data, stage), ckpt_path=resume_from(cfg.resume, out_dir))
     train_seconds = time.perf_counter() - started
     stage.to(trainer.strategy.root_device)
     if cfg.batchnorm == "recompute":
@@ -392,9 +395,10 @@ def _fit_simclr(cfg: PosttrainConfig, data: UnlabeledData, out_dir: Path, steps:
     )
     # As many steps of the same batch size as GRPO-RM took (a neighbour-mined epoch holds more
     # batches than a plain one), however many epochs that is.
-    trainer = make_trainer(cfg.trainer, out_dir / "baselines" / "simclr", -1)
+    folder = out_dir / "baselines" / "simclr"
+    trainer = make_trainer(cfg.trainer, folder, -1)
     trainer.fit_loop.epoch_loop.max_steps = steps
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=resume_from(cfg.resume, folder))
     return module.backbone
 
 

@@ -44,7 +44,7 @@ from lightly_grpo.data.datasets import (
     resolve_dataset,
 )
 from lightly_grpo.data.indexed import IndexedDataset
-from lightly_grpo.data.loaders import images_for_display, make_loader
+from lightly_grpo.data.loaders import EpochShuffleSampler, images_for_display, make_loader
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler, reference_neighbors
 from lightly_grpo.data.shifts import (
     BLUR_KERNEL,
@@ -81,6 +81,7 @@ from lightly_grpo.data.transforms import (
 )
 
 __all__ = [
+    "EpochShuffleSampler",
     "IndexedDataset",
     "NeighborBatchSampler",
     "reference_neighbors",

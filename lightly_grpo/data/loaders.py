@@ -2,16 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
 from lightly_grpo.data.datasets import ArrayImageDataset
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order per epoch that depends only on ``seed`` and the epoch number.
+
+    ``DataLoader(shuffle=True, generator=g)`` draws each epoch's order from ``g``, so a run
+    resumed at epoch e from a checkpoint would replay epoch 0's order. This sampler is seeded by
+    ``seed + epoch`` instead: Lightning calls :meth:`set_epoch` before every epoch (as for
+    ``DistributedSampler``), so an interrupted and resumed run sees the same batches as an
+    uninterrupted one. Without ``set_epoch`` calls (a plain loop) the epoch advances by itself.
+
+    Args:
+        num_items: Dataset length.
+        seed: Seed of every epoch's permutation.
+
+    Examples:
+        >>> sampler = EpochShuffleSampler(5, seed=0)
+        >>> sampler.set_epoch(3)
+        >>> list(sampler) == list(sampler.__class__(5, seed=3))
+        True
+    """
+
+    def __init__(self, num_items: int, seed: int = 0) -> None:
+        if num_items < 0:
+            raise ValueError(f"num_items must be >= 0, got {num_items}")
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        self.epoch += 1  # a plain loop gets a new order next time; Lightning sets it anyway
+        return iter(order)
 
 
 def make_loader(
@@ -28,7 +68,8 @@ def make_loader(
     Args:
         dataset: Items in lightly's format, ``(image or list of views, label)``.
         batch_size: Items per batch, >= 1.
-        shuffle: Reshuffle every epoch (in an order fixed by ``seed``).
+        shuffle: Reshuffle every epoch, in an order fixed by ``seed`` and the epoch number
+            (:class:`EpochShuffleSampler`: a resumed run replays the same batches).
         num_workers: Loader processes; workers persist between epochs when > 0.
         drop_last: Drop the last, smaller batch.
         seed: Seed of the shuffling and of the workers' base seed.
@@ -51,7 +92,7 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,  # type: ignore[arg-type]
         num_workers=num_workers,
         drop_last=drop_last,
         generator=generator,

@@ -141,6 +141,14 @@ class OutputSetRefresh(pl.Callback):
         self.seconds.append(seconds)
         return seconds
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run restores the refreshed table from its checkpoint after the loader was
+        # built from the pretrained one: mine from the restored table.
+        output_set = getattr(getattr(pl_module, "criterion", None), "output_set", None)
+        sampler = getattr(getattr(trainer, "train_dataloader", None), "batch_sampler", None)
+        if isinstance(sampler, NeighborBatchSampler) and isinstance(output_set, NeighborOutputSet):
+            sampler.set_neighbors(output_set.neighbors.cpu())
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
