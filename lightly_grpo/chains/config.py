@@ -286,7 +286,7 @@ DEMO_OVERLAY: dict[str, Any] = {
         "data": {"input_size": 28},
         "eval": {"max_train_images": 5000, "max_test_images": 3000},
     },
-    "unlabeled_images": 1536,
+    "unlabeled_images": 1024,
 }
 
 __all__ = [

@@ -51,7 +51,7 @@ def unlabeled_demo_config(labeled: PosttrainConfig, images: int) -> PosttrainCon
     epoch of neighbour-mined batches over ``images`` train images, labels for evaluation only.
 
     Examples:
-        >>> cfg = unlabeled_demo_config(demo_config().posttrain, 1536)
+        >>> cfg = unlabeled_demo_config(demo_config().posttrain, 1024)
         >>> cfg.output_set, cfg.out_dir, cfg.baselines
         ('neighbors', 'runs/demo/unlabeled', ['simclr'])
     """
@@ -62,7 +62,7 @@ def unlabeled_demo_config(labeled: PosttrainConfig, images: int) -> PosttrainCon
         unlabeled_images=images,
         epochs=1,
         baselines=["simclr"],
-        eval=dataclasses.replace(labeled.eval, max_train_images=3000, max_test_images=2000),
+        eval=dataclasses.replace(labeled.eval, max_train_images=2000, max_test_images=1000),
     )
 
 
