@@ -165,22 +165,15 @@ def build_unlabeled_stage(
 
 def _train_loader(cfg: PosttrainConfig, data: UnlabeledData, stage: GRPORMStage) -> DataLoader[Any]:
     output_set = stage.criterion.output_set
-    batch_size = min(cfg.batch_size, len(data.indices))
     if isinstance(output_set, NeighborOutputSet) and cfg.train_classes is None:
         # Half of every batch is one reference neighbour of the other half: a random batch of
         # 256 out of 60,000 images holds almost no neighbours to reward.
+        batch_size = min(cfg.batch_size, len(data.indices))
         sampler = NeighborBatchSampler(
             output_set.neighbors.cpu(), batch_size, seed=cfg.data.seed, drop_last=True
         )
         return DataLoader(data.train, batch_sampler=sampler, num_workers=cfg.data.num_workers)
-    return make_loader(
-        data.train,
-        batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.data.seed,
-    )
+    return _shuffled_loader(cfg, data)
 
 
 def continued_simclr(cfg: PosttrainConfig) -> SimCLRModule:
@@ -307,6 +300,18 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
         method_spec(name)  # raises for an unknown method name
 
 
+def _shuffled_loader(cfg: PosttrainConfig, data: UnlabeledData) -> DataLoader[Any]:
+    """Shuffled two-view batches (seeded by the training seed), the same for every method."""
+    return make_loader(
+        data.train,
+        min(cfg.batch_size, len(data.indices)),
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.data.seed,
+    )
+
+
 def _baselines(cfg: PosttrainConfig) -> list[str]:
     return [name for name in cfg.baselines if name.lower() != "none"]
 
@@ -340,14 +345,7 @@ def _retrieval_labeled_data(cfg: PosttrainConfig, data: UnlabeledData) -> Labele
     """The retrieval-mode images as a labeled method sees them: the same two-view batches in the
     same shuffled order as GRPO-RM's, and the bank for the criterion's initialisation."""
     labels = dataset_labels(data.bank)
-    loader = make_loader(
-        data.train,
-        min(cfg.batch_size, len(data.indices)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.data.seed,
-    )
+    loader = _shuffled_loader(cfg, data)
     init = make_loader(data.bank, cfg.eval.batch_size, shuffle=False)
     return LabeledData(loader, init, len(data.indices), int(labels.max()) + 1)
 
@@ -385,14 +383,7 @@ def _fit_simclr(cfg: PosttrainConfig, data: UnlabeledData, out_dir: Path, steps:
     """Continues SimCLR for ``steps`` steps on the same images and views; returns its backbone."""
     pl.seed_everything(cfg.data.seed, workers=True)
     module = continued_simclr(cfg)
-    loader = make_loader(
-        data.train,
-        min(cfg.batch_size, len(data.indices)),
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.data.seed,
-    )
+    loader = _shuffled_loader(cfg, data)
     # As many steps of the same batch size as GRPO-RM took (a neighbour-mined epoch holds more
     # batches than a plain one), however many epochs that is.
     folder = out_dir / "baselines" / "simclr"
