@@ -44,7 +44,7 @@ from lightly_grpo.data import (
     subset,
 )
 from lightly_grpo.embedding import eval_mode
-from lightly_grpo.losses import GRPORMClassificationLoss
+from lightly_grpo.losses import GRPORMClassificationLoss, GRPORMPolicyLoss
 from lightly_grpo.methods import MethodSettings, build_method, method_spec
 from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.rewards import build_reward
@@ -138,6 +138,14 @@ def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> 
         group_size=cfg.group_size,
         compile_math=cfg.compile_loss,
     )
+    return stage_from_config(cfg, backbone, criterion)
+
+
+def stage_from_config(
+    cfg: PosttrainConfig, backbone: nn.Module, criterion: GRPORMPolicyLoss
+) -> GRPORMStage:
+    """The stage around a ready criterion with the config's optimisation settings (every
+    output set, labeled or not, trains under the same ones)."""
     return GRPORMStage(
         backbone,
         criterion=criterion,
@@ -332,6 +340,7 @@ __all__ = [
     "baseline_names",
     "fit_baseline",
     "build_stage",
+    "stage_from_config",
     "evaluate_posttrained",
     "fit_stage",
     "labeled_data",

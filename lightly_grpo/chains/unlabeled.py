@@ -41,6 +41,7 @@ from lightly_grpo.chains.posttrain import (
     PRETRAINED_NAME,
     LabeledData,
     fit_baseline,
+    stage_from_config,
     unlabeled_loader,
 )
 from lightly_grpo.chains.runtime import (
@@ -153,14 +154,7 @@ def build_unlabeled_stage(
         beta=cfg.beta,
         group_size=cfg.group_size,
     )
-    return GRPORMStage(
-        backbone,
-        criterion=criterion,
-        inner_steps=cfg.inner_steps,
-        lr_backbone=cfg.lr_backbone,
-        weight_decay=cfg.weight_decay,
-        batchnorm=cfg.batchnorm,
-    )
+    return stage_from_config(cfg, backbone, criterion)
 
 
 def _train_loader(cfg: PosttrainConfig, data: UnlabeledData, stage: GRPORMStage) -> DataLoader[Any]:
