@@ -42,6 +42,7 @@ from lightly_grpo.chains.flags import (
     merge_config,
     overrides_from_args,
 )
+from lightly_grpo.distributed import is_global_zero
 
 # Help-group titles of the config sections (the demo nests the steps' sections).
 _TITLES = {
@@ -70,6 +71,8 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
 
 
 def _print_outputs(outputs: RunOutputs) -> None:
+    if not is_global_zero():
+        return  # under DDP rank 0 evaluates and reports
     if outputs.results:
         _print_metrics(outputs.metrics)
     print(f"report: {outputs.report}")

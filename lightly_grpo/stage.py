@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor, nn
 
+from lightly_grpo.distributed import batch_views, gather_views, world_size
 from lightly_grpo.embedding import batch_items, unpack_batch
 from lightly_grpo.losses.classification import GRPORMClassificationLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
@@ -86,6 +87,10 @@ class GRPORMStage(PostTrainingModule):
         warmup_steps: Linear warmup steps of the cosine learning-rate schedule.
         lr_schedule: "cosine" or "constant".
         compile_loss: ``torch.compile`` the loss's fused math (fewer GPU kernel launches).
+        gather_distributed: Under DDP, gather every rank's embeddings (with gradients), labels
+            and dataset indices so that each rank computes the loss of the whole global batch:
+            a step then equals one process's step on that batch (see
+            :mod:`lightly_grpo.distributed`). False keeps each rank's groups local.
         criterion: A ready :class:`GRPORMPolicyLoss` (or its config dict); replaces the loss
             arguments above.
 
@@ -119,6 +124,7 @@ class GRPORMStage(PostTrainingModule):
         lr_schedule: str = "cosine",
         compile_loss: bool = False,
         criterion: GRPORMPolicyLoss | dict[str, Any] | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
@@ -158,6 +164,7 @@ class GRPORMStage(PostTrainingModule):
         )
         self.criterion: GRPORMPolicyLoss = criterion
         self.inner_steps = inner_steps
+        self.gather_distributed = gather_distributed
         ignored = ["backbone", "head", "reward", "criterion", *_CRITERION_ARGS]
         self.save_hyperparameters(ignore=ignored)
         # The criterion's config carries the output set and the reward: a loaded checkpoint
@@ -206,6 +213,13 @@ class GRPORMStage(PostTrainingModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels = unpack_batch(batch, require_labels=self.requires_labels)
         items = batch_items(batch) if self.criterion.output_set.requires_items else None
+        views = batch_views(batch)
+        gather = self.gather_distributed and world_size() > 1
+        if gather:  # the global batch on every rank, in one process's order
+            labels = None if labels is None else gather_views(labels, views)
+            items = None if items is None else gather_views(torch.as_tensor(items), 1)
+        # One size check per step (unequal shards would make all_gather fail or hang).
+        check_rows = gather and labels is None and items is None
         if self.reference is not None:
             self.reference.eval()
         ref_logits = old_logits = group_index = None
@@ -214,6 +228,8 @@ class GRPORMStage(PostTrainingModule):
         loss = images.new_zeros(())
         for step in range(self.inner_steps):
             embeddings = self(images)  # validated (NaN/inf, labels) inside the criterion
+            if gather:
+                embeddings = gather_views(embeddings, views, check=check_rows and step == 0)
             if step == 0 and (self.reference is not None or self.inner_steps > 1):
                 # One detached pass over the whole group serves the reference policy, the frozen
                 # old policy and the group sample (once per batch, as GRPO samples per prompt).
@@ -221,6 +237,8 @@ class GRPORMStage(PostTrainingModule):
                 if self.reference is not None:
                     with torch.no_grad():
                         ref_embeddings = self.reference(images)
+                        if gather:
+                            ref_embeddings = gather_views(ref_embeddings, views, check=False)
                     ref_logits = self.criterion.reference_logits(ref_embeddings, full)
                 if self.inner_steps > 1:
                     old_logits = full.similarities / self.criterion.temperature

@@ -18,7 +18,7 @@ DATA: dict[str, Any] = {"dataset": "default", "data_root": None, "input_size": 3
 DATA |= {"num_workers": 0, "seed": 0}
 TRAINER: dict[str, Any] = {
     "accelerator": "auto",
-    "devices": 1,
+    "devices": "1",  # a string since --devices takes what Lightning takes ("auto", "0,1")
     "precision": "32-true",
     "progress": True,
 }

@@ -61,4 +61,4 @@ def test_every_rank_gets_the_single_process_bank_and_table(tmp_path: Path) -> No
         torch.testing.assert_close(result["bank"], single, rtol=1e-5, atol=1e-6)
         assert torch.equal(result["neighbors"], reference.neighbors)
         # A rank that would hold no data gets a clear error instead of a hang.
-        assert result["error"] == "a bank of 1 items cannot be split across 2 ranks"
+        assert result["error"] == "a pass over 1 items cannot be split across 2 ranks"

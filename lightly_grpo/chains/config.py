@@ -79,7 +79,11 @@ class TrainerConfig:
     """Lightning Trainer settings shared by the training steps."""
 
     accelerator: str = option("auto", "Lightning accelerator: auto, cpu, gpu, ...")
-    devices: int = option(1, "devices per node")
+    devices: str = option(
+        "1", "Lightning devices per node: a count, 'auto', '-1' (all) or a list such as '0,1'"
+    )
+    num_nodes: int = option(1, "Lightning num_nodes: machines of a multi-node DDP run")
+    strategy: str = option("auto", "Lightning strategy: auto, ddp, ddp_spawn, fsdp, ...")
     precision: str = option("32-true", "Lightning precision, e.g. 32-true, bf16-mixed")
     progress: bool = option(True, "show progress bars (--no-progress hides them)")
 

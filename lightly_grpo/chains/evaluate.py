@@ -33,6 +33,7 @@ from lightly_grpo.data import (
     resolve_dataset,
     subset,
 )
+from lightly_grpo.distributed import gather_shards, is_global_zero, rank_shard
 from lightly_grpo.embedding import (
     EmbedFn,
     backbone_features,
@@ -129,11 +130,20 @@ def embed_dataset(
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised (N, D) CPU embeddings and (N,) labels of a labeled dataset (eval mode is
-    the caller's), with a progress bar named ``name``."""
+    the caller's), with a progress bar named ``name``.
+
+    Under DDP (as lightly's ``KNNClassifier`` gathers its bank) every rank embeds a strided
+    shard, rank r the items r, r + W, ..., and all ranks receive the whole split in dataset
+    order; without a process group one process embeds everything.
+    """
+    total = len(dataset)  # type: ignore[arg-type]
+    positions = rank_shard(total)
+    if len(positions) < total:
+        dataset = Subset(dataset, positions)
     loader = make_loader(dataset, cfg.batch_size, shuffle=False)
     embeddings, labels = embed_loader(embed, loader, device, progress, name, normalize=False)
     assert labels is not None  # embed_loader requires labels by default
-    return embeddings, labels
+    return gather_shards(embeddings, total, device), gather_shards(labels, total, device)
 
 
 def _protocols_that_fit(evaluator: RetrievalEvaluator, bank_size: int) -> RetrievalEvaluator:
@@ -189,8 +199,11 @@ def evaluate_embeddings(
     cfg: EvalConfig,
     device: torch.device,
     classifier: ClassifierFn | None = None,
-) -> EmbeddingEvaluation:
+) -> EmbeddingEvaluation | None:
     """Embeds the train bank and the test split and scores them (:func:`score_embeddings`).
+
+    Under DDP every rank takes part in the embedding (:func:`embed_dataset`); only rank 0
+    scores, the others get None.
 
     Args:
         name: The model's name (progress bars).
@@ -203,6 +216,8 @@ def evaluate_embeddings(
     """
     train = embed_dataset(f"{name}: train split", embed, data.train, cfg, device)
     test = embed_dataset(f"{name}: test split", embed, data.test, cfg, device)
+    if not is_global_zero():
+        return None  # under DDP every rank embeds its shard; rank 0 alone scores and reports
     result = score_embeddings(train, test, classifier)
     return EmbeddingEvaluation(
         result=result, embeddings=F.normalize(test[0], dim=1), labels=test[1]
@@ -312,9 +327,11 @@ def evaluate_run(cfg: EvaluateConfig) -> RunOutputs:
     for name, checkpoint in zip(names, cfg.checkpoints, strict=True):
         backbone = load_backbone(checkpoint, cfg.architecture, in_channels=cfg.data.in_channels)
         with eval_mode(backbone.to(device)):
-            evaluations[name] = evaluate_embeddings(
+            evaluation = evaluate_embeddings(
                 name, backbone_embed_fn(backbone), eval_data, cfg.eval, device
             )
+        assert evaluation is not None  # one process (no process group): always rank 0
+        evaluations[name] = evaluation
     report = report_models(
         evaluations,
         eval_data,

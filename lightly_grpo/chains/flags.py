@@ -220,7 +220,8 @@ def overrides_from_args(args: argparse.Namespace, flags: Sequence[Flag]) -> dict
 
 
 def _checked(value: Any, hint: Any, where: str) -> Any:
-    """``value`` if it has type ``hint`` (ints pass as floats), else ValueError naming ``where``."""
+    """``value`` if it has type ``hint`` (ints pass as floats and as strings), else ValueError
+    naming ``where``."""
     inner = _optional_inner(hint)
     if inner is not None:
         return None if value is None else _checked(value, inner, where)
@@ -231,6 +232,8 @@ def _checked(value: Any, hint: Any, where: str) -> Any:
         return [_checked(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is str and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # e.g. "devices": 1 from a config written before devices took strings
     if hint is int and isinstance(value, bool):
         raise ValueError(f"{where} must be an integer, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):

@@ -43,6 +43,7 @@ from lightly_grpo.data import (
     split_validation,
     subset,
 )
+from lightly_grpo.distributed import is_global_zero
 from lightly_grpo.embedding import eval_mode
 from lightly_grpo.losses import GRPORMClassificationLoss, GRPORMPolicyLoss
 from lightly_grpo.methods import MethodSettings, build_method, method_spec
@@ -274,18 +275,18 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
     history = EpochHistory()
     trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs, [history])
     train_seconds = fit_stage(trainer, stage, labeled, cfg, resume_from(cfg.resume, out_dir))
-    save_final_checkpoint(trainer, out_dir / "grpo.ckpt")
+    save_final_checkpoint(trainer, out_dir / "grpo.ckpt")  # collective under DDP
     outputs = RunOutputs(
-        checkpoint=out_dir / "grpo.ckpt",
-        backbone=export_backbone(stage.backbone, out_dir / "backbone.pt"),
-        history=history.rows,
+        checkpoint=out_dir / "grpo.ckpt", backbone=out_dir / "backbone.pt", history=history.rows
     )
     config = asdict(cfg)
     config[RUN_FACTS_KEY] = {
         "labeled_images": labeled.size,
         "train_seconds": round(train_seconds, 1),
     }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if is_global_zero():  # under DDP every rank holds the same weights; rank 0 writes
+        export_backbone(stage.backbone, out_dir / "backbone.pt")
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     trained = {name: fit_baseline(name, cfg, reference, labeled, out_dir) for name in baselines}
     if evaluate:
         evaluate_posttrained(cfg, stage, reference, outputs, config, trained)
@@ -322,8 +323,11 @@ def evaluate_posttrained(
                 device,
                 classifier=module.classifier_fn(),
             )
+    scored = {name: e for name, e in evaluations.items() if e is not None}
+    if len(scored) < len(evaluations):
+        return  # a DDP rank other than 0: it embedded its shards; rank 0 scores and reports
     outputs.report = report_models(
-        evaluations,
+        scored,
         data,
         Path(cfg.out_dir),
         "GRPO-RM post-training report",
@@ -331,7 +335,7 @@ def evaluate_posttrained(
         config,
         cfg.eval.grid_queries,
     )
-    outputs.results = {name: e.result for name, e in evaluations.items()}
+    outputs.results = {name: e.result for name, e in scored.items()}
 
 
 __all__ = [

@@ -56,9 +56,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs)
     trainer.fit(module, loader)
     path = out_dir / "simclr.ckpt"
-    save_final_checkpoint(trainer, path)
-    export_backbone(method.backbone(module), out_dir / "backbone.pt")
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    save_final_checkpoint(trainer, path)  # collective under DDP
+    if trainer.is_global_zero:  # every rank holds the same weights; rank 0 writes
+        export_backbone(method.backbone(module), out_dir / "backbone.pt")
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return path
 
 

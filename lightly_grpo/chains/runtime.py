@@ -158,8 +158,11 @@ def make_trainer(
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last="link")
     return pl.Trainer(
         max_epochs=epochs,
+        # Handed to Lightning unchanged (it parses "2", "auto", "-1", "0,1").
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
         precision=cfg.precision,  # type: ignore[arg-type]
         default_root_dir=str(out_dir),
         logger=CSVLogger(str(out_dir), name="logs"),  # kept for users: a plain CSV of every step

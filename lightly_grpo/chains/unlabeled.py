@@ -276,11 +276,13 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
         )
     if retrieval and len(set(cfg.train_classes or [])) < 2:
         raise ValueError(f"train_classes needs at least 2 classes, got {cfg.train_classes}")
-    if cfg.trainer.devices != 1:
-        # The neighbour-mined batches and the refresh are not wired to Lightning's DDP sampler
-        # yet: fail before training instead of mining from a wrapped sampler.
+    if str(cfg.trainer.devices).strip() != "1" or cfg.trainer.num_nodes != 1:
+        # The neighbour-mined batches are not wired to Lightning's DDP sampler yet: fail before
+        # training instead of mining from a wrapped sampler. (The stage's step and the refresh
+        # are DDP-ready: see lightly_grpo.distributed.)
         raise ValueError(
-            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices!r}"
+            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices!r}, "
+            f"num_nodes={cfg.trainer.num_nodes}"
         )
     for name in _baselines(cfg):
         if name == "simclr":
@@ -402,6 +404,7 @@ def _evaluate(
             evaluation = evaluate_embeddings(
                 name, backbone_embed_fn(backbone), data, cfg.eval, device
             )
+        assert evaluation is not None  # the unlabeled chain runs in one process
         queries, labels = evaluation.embeddings, evaluation.labels
         metrics = evaluation.result.metrics
         metrics.update(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
-from lightly_grpo.data.datasets import ArrayImageDataset
+from lightly_grpo.data.datasets import ArrayImageDataset, load_rgb_image
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -71,7 +71,9 @@ def make_loader(
         shuffle: Reshuffle every epoch, in an order fixed by ``seed`` and the epoch number
             (:class:`EpochShuffleSampler`: a resumed run replays the same batches).
         num_workers: Loader processes; workers persist between epochs when > 0.
-        drop_last: Drop the last, smaller batch.
+        drop_last: Drop the last, smaller batch. A dataset smaller than ``batch_size`` then
+            gives no batch at all: a ``UserWarning`` says so (see
+            :func:`~lightly_grpo.data.checks.check_training_data` to make it an error).
         seed: Seed of the shuffling and of the workers' base seed.
 
     Raises:
@@ -87,12 +89,22 @@ def make_loader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    size = len(dataset)  # type: ignore[arg-type]
+    if drop_last and size < batch_size:
+        # A warning, not an error: some callers build loaders they never iterate. Training
+        # code should call check_training_data, which raises.
+        warnings.warn(
+            f"make_loader: {size} items with batch_size {batch_size} and drop_last=True give "
+            "no batch at all; lower the batch size",
+            UserWarning,
+            stacklevel=2,
+        )
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(len(dataset), seed) if shuffle else None,  # type: ignore[arg-type]
+        sampler=EpochShuffleSampler(size, seed) if shuffle else None,
         num_workers=num_workers,
         drop_last=drop_last,
         generator=generator,
@@ -113,6 +125,10 @@ def images_for_display(
     Returns:
         (n, H, W) for a grayscale ``ArrayImageDataset``, else (n, H, W, 3).
 
+    Raises:
+        ValueError: For an index out of range, or an ``ImageFolder`` file that cannot be read
+            (the message names the file).
+
     Examples:
         >>> dataset = ArrayImageDataset(np.zeros((3, 8, 8), dtype=np.uint8), [0, 1, 2])
         >>> images_for_display(dataset, [0, 1]).shape
@@ -130,8 +146,10 @@ def images_for_display(
     if isinstance(dataset, ImageFolder):
         out = np.zeros((idx.size, size, size, 3), dtype=np.uint8)
         for row, i in enumerate(idx):
-            with Image.open(dataset.samples[int(i)][0]) as image:
-                out[row] = np.asarray(image.convert("RGB").resize((size, size)))
+            # load_rgb_image: a file that broke since the folder was scanned raises a
+            # ValueError naming it, not PIL's bare traceback.
+            image = load_rgb_image(dataset.samples[int(i)][0])
+            out[row] = np.asarray(image.resize((size, size)))
         return out
     raise TypeError(
         f"images_for_display supports ArrayImageDataset, ImageFolder and Subset, "

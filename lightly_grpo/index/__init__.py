@@ -19,7 +19,14 @@ import warnings
 from torch import Tensor
 
 from lightly_grpo import validation
+from lightly_grpo.index.approximate import IVFIndex, build_ivf_index, ivf_knn_search, recall_at_k
 from lightly_grpo.index.kmeans import spherical_kmeans
+from lightly_grpo.index.multi_gpu import (
+    FaissGpuUnavailableError,
+    faiss_gpu_index,
+    search_faiss_index,
+    sort_results,
+)
 from lightly_grpo.index.search import (
     BACKENDS,
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -42,17 +49,25 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET_BYTES",
     "FAISS_GPU_MAX_K",
     "ArrayLike",
+    "FaissGpuUnavailableError",
+    "IVFIndex",
     "Metric",
     "as_float_tensor",
     "auto_chunk_size",
     "available_backends",
+    "build_ivf_index",
     "candidate_capacity",
     "check_finite",
     "faiss",
+    "faiss_gpu_index",
     "faiss_num_gpus",
+    "ivf_knn_search",
     "iter_knn_search",
     "knn_search",
+    "recall_at_k",
     "resolve_backend",
+    "search_faiss_index",
+    "sort_results",
     "spherical_kmeans",
     "tiled_available",
     "tiled_knn_chunks",

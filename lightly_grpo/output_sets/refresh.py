@@ -1,9 +1,9 @@
 """Refreshing an output set from the current model: embed the training set, rebuild the set.
 
 :func:`embed_bank` embeds a dataset in order (eval mode, no augmentation, batched) and, under
-DDP, splits the work: rank r embeds items r, r + W, r + 2W, ... and the shards are gathered with
-``lightly.utils.dist`` and interleaved back, so every rank ends with the same bank in dataset
-order. :class:`OutputSetRefresh` calls it between epochs and hands the bank to
+DDP, splits the work: rank r embeds items r, r + W, r + 2W, ... and the shards are gathered and
+interleaved back (:func:`lightly_grpo.distributed.gather_shards`), so every rank ends with the
+same bank in dataset order. :class:`OutputSetRefresh` calls it between epochs and hands the bank to
 ``output_set.refresh``.
 """
 
@@ -14,29 +14,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightly.utils import dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
+from lightly_grpo.distributed import gather_shards, interleave_shards, rank_shard
 from lightly_grpo.embedding import embed_loader, eval_mode
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet
 
+# interleave_shards moved to lightly_grpo.distributed; re-exported for existing imports.
 __all__ = ["OutputSetRefresh", "embed_bank", "interleave_shards"]
-
-
-def interleave_shards(shards: list[Tensor], total: int) -> Tensor:
-    """Puts rank-strided shards back in dataset order: shard r holds items r, r + W, ...
-
-    Shards may be padded at the end to equal length (``all_gather`` needs equal shapes); only
-    the first ``total`` items are kept.
-
-    Examples:
-        >>> interleave_shards([torch.tensor([0, 2, 4]), torch.tensor([1, 3, -1])], 5).tolist()
-        [0, 1, 2, 3, 4]
-    """
-    stacked = torch.stack(shards, dim=1)  # (per_rank, W, ...)
-    return stacked.reshape(-1, *stacked.shape[2:])[:total]
 
 
 @torch.no_grad()
@@ -59,10 +46,9 @@ def embed_bank(
         progress: Show a tqdm bar.
     """
     total = len(dataset)  # type: ignore[arg-type]
-    world, rank = dist.world_size(), dist.rank()
-    if total < world:
-        raise ValueError(f"a bank of {total} items cannot be split across {world} ranks")
-    shard: Dataset[Any] = Subset(dataset, range(rank, total, world)) if world > 1 else dataset
+    # Each rank embeds a strided shard; the gather rebuilds dataset order on every rank.
+    positions = rank_shard(total)
+    shard: Dataset[Any] = Subset(dataset, positions) if len(positions) < total else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with eval_mode(module):
         embeddings, _ = embed_loader(
@@ -73,13 +59,7 @@ def embed_bank(
             desc="refreshing output set",
             require_labels=False,
         )
-    embeddings = embeddings.to(module.device)
-    if world == 1:
-        return embeddings
-    per_rank = -(-total // world)
-    padded = embeddings.new_zeros(per_rank, embeddings.shape[1])
-    padded[: len(embeddings)] = embeddings
-    return interleave_shards(list(dist.gather(padded)), total)
+    return gather_shards(embeddings.to(module.device), total)
 
 
 class OutputSetRefresh(pl.Callback):

@@ -1,0 +1,104 @@
+"""The chains under DDP: evaluation embeds one shard per rank, rank 0 alone writes.
+
+Two gloo processes embed an evaluation split through :func:`embed_dataset` (each sees only its
+strided shard, both receive the whole split in dataset order), and the ``posttrain`` command runs
+end to end with Lightning's ``--strategy ddp --devices 2`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from lightly_grpo.chains.config import EvalConfig
+from lightly_grpo.chains.evaluate import embed_dataset
+
+ITEMS = 11  # not a multiple of the world size: shards of 6 and 5, padded for all_gather
+
+
+def _dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(ITEMS, 3, generator=g), torch.arange(ITEMS) % 4)
+
+
+class CountingEmbed:
+    """A fixed linear map that counts the images it embedded."""
+
+    def __init__(self) -> None:
+        self.weight = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+        self.seen = 0
+
+    def __call__(self, images: Tensor) -> Tensor:
+        self.seen += len(images)
+        return images @ self.weight
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch_dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    try:
+        embed = CountingEmbed()
+        cfg = EvalConfig(batch_size=4)
+        embeddings, labels = embed_dataset("x", embed, _dataset(), cfg, torch.device("cpu"), False)
+        result = {"embeddings": embeddings, "labels": labels, "seen": embed.seen}
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_evaluation_embeds_one_shard_per_rank_and_gathers_the_split(tmp_path: Path) -> None:
+    os.environ.pop("LOCAL_RANK", None)
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    embed = CountingEmbed()
+    single, labels = embed_dataset("x", embed, _dataset(), EvalConfig(), torch.device("cpu"), False)
+    assert embed.seen == ITEMS
+    assert [r["seen"] for r in ranks] == [6, 5]  # each rank embedded only its shard
+    for result in ranks:
+        torch.testing.assert_close(result["embeddings"], single)
+        assert torch.equal(result["labels"], labels)
+
+
+def test_posttrain_command_under_lightning_ddp(tmp_path: Path) -> None:
+    small = ["--dataset", "digits", "--input-size", "16", "--no-progress", "--accelerator", "cpu"]
+    tiny_eval = ["--eval-train-images", "300", "--eval-test-images", "120"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    run = [sys.executable, "-m", "lightly_grpo.cli"]
+    pretrain = [*run, "pretrain", *small, "--pretrain-out", str(tmp_path / "simclr")]
+    pretrain += [
+        "--pretrain-epochs",
+        "1",
+        "--pretrain-images",
+        "128",
+        "--pretrain-batch-size",
+        "64",
+    ]
+    subprocess.run(pretrain, check=True, env=env, capture_output=True, timeout=600)
+    out = tmp_path / "grpo"
+    posttrain = [*run, "posttrain", str(tmp_path / "simclr" / "simclr.ckpt"), *small, *tiny_eval]
+    posttrain += ["--out", str(out), "--epochs", "1", "--label-fraction", "0.1"]
+    posttrain += ["--batch-size", "32", "--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(posttrain, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Both ranks ran the command; only rank 0 scored and printed the report line.
+    assert done.stdout.count("report: ") == 1, done.stdout
+    assert "GLOBAL_RANK: 1" in done.stderr + done.stdout  # a second process really trained
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"Pretrained backbone", "GRPO-RM"}
+    for model in metrics.values():
+        assert 0.0 <= model["knn_top1_dino"] <= 1.0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["trainer"]["devices"] == "2" and saved["trainer"]["strategy"] == "ddp"
+    assert (out / "backbone.pt").is_file() and (out / "grpo.ckpt").is_file()
