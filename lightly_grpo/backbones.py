@@ -426,7 +426,7 @@ def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
         raise ValueError(
             f"Cannot load checkpoint '{path}' with torch.load(weights_only=True): {err}. "
             "If it is a valid checkpoint from a trusted source that holds other Python "
-            "objects, pass trusted=True."
+            "objects, pass trusted=True (--trust-checkpoint on the command line)."
         ) from err
     except (RuntimeError, EOFError, KeyError, IndexError, AttributeError, TypeError) as err:
         # torch.load on a file that is not a checkpoint (text, a truncated download) fails

@@ -201,6 +201,13 @@ class PostTrainingModule(pl.LightningModule):
         """One AdamW step on ``loss`` (manual optimisation)."""
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)  # configure_optimizers returns one optimizer
+        # Stop before a non-finite loss reaches the weights (one scalar sync per step; the
+        # progress bar reads the loss anyway). The last checkpoint on disk stays the last good.
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(
+                f"the loss is {float(loss.detach())} at global step {self.global_step}: "
+                "stopping before the optimizer step"
+            )
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()

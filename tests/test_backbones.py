@@ -386,3 +386,27 @@ def test_files_that_are_not_checkpoints_and_nan_weights_give_clear_errors(tmp_pa
     torch.save(state, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match=r"NaN or inf values in 1 \[conv1.weight\]"):
         load_backbone(tmp_path / "nan.pt")
+
+
+class _RunsCode:
+    """Unpickling this object creates a file: what a malicious checkpoint could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoints_load_weights_only_unless_trusted(tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "foreign.ckpt"
+    state = {f"backbone.{k}": v for k, v in resnet18_small().state_dict().items()}
+    torch.save({"state_dict": state, "extra": _RunsCode(marker)}, path)
+    refused = r"(?s)weights_only=True.*trusted=True \(--trust-checkpoint"
+    with pytest.raises(ValueError, match=refused):
+        load_backbone(path, "resnet18_small")
+    assert not marker.exists()  # refused before any stored code ran
+    backbone = load_backbone(path, "resnet18_small", trusted=True)  # the user's explicit choice
+    assert marker.exists()
+    assert isinstance(backbone, nn.Module)

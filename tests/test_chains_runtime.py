@@ -139,3 +139,48 @@ def test_final_checkpoint_links_the_latest_save_not_the_best_one(tmp_path: Path)
     state = torch.load(final, map_location="cpu", weights_only=True)
     assert state["global_step"] == trainer.global_step == 6
     assert torch.equal(state["state_dict"]["layer.weight"], module.layer.weight.detach())
+
+
+class _NaNAt(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Labeled 4x4 images; the image ``bad`` turns NaN from epoch ``from_epoch`` on."""
+
+    def __init__(self, bad: int, from_epoch: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(16, 1, 4, 4, generator=g), torch.arange(16) % 2
+        self.bad, self.from_epoch, self.epoch = bad, from_epoch, 0
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        poisoned = i == self.bad and self.epoch >= self.from_epoch
+        return (torch.full_like(self.x[i], float("nan")) if poisoned else self.x[i]), self.y[i]
+
+
+class _Epochs(pl.Callback):
+    def __init__(self, dataset: _NaNAt) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.dataset.epoch = trainer.current_epoch
+
+
+def test_a_nan_in_training_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from lightly_grpo.stage import GRPORMStage
+
+    torch.manual_seed(0)
+    stage = GRPORMStage(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), 2, 4)
+    dataset = _NaNAt(bad=5, from_epoch=1)
+    loader = DataLoader(dataset, batch_size=4)  # 4 steps per epoch; item 5 is in batch 1
+    trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 3)
+    trainer.callbacks.append(_Epochs(dataset))  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="NaN") as raised:
+        trainer.fit(stage, loader)
+    notes = " ".join(getattr(raised.value, "__notes__", []))
+    assert "failed at global step 5 (epoch 1, batch 1)" in notes
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 4  # the good epoch
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())

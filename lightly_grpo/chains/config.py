@@ -152,6 +152,11 @@ class PosttrainConfig:
         "SimCLR .ckpt, lightly recipe .ckpt or state_dict",
         flag="checkpoint",
     )
+    trust_checkpoint: bool = option(
+        False,
+        "load the checkpoint with torch.load(weights_only=False), which can run code stored in "
+        "the file: only for files from a trusted source (default: weights only)",
+    )
     out_dir: str = option("runs/grpo", "run folder (report, checkpoints)", flag="--out")
     architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
     backbone_from: str = option(
@@ -243,6 +248,11 @@ class EvaluateConfig:
 
     checkpoints: list[str] = option([], "one checkpoint, or several to compare", flag="checkpoints")
     names: list[str] | None = option(None, "display names, one per checkpoint")
+    trust_checkpoint: bool = option(
+        False,
+        "load the checkpoints with torch.load(weights_only=False), which can run code stored in "
+        "a file: only for files from a trusted source (default: weights only)",
+    )
     architecture: str = option("resnet18_small", _ARCHITECTURE_HELP)
     out_dir: str = option("runs/eval", "report folder", flag="--out")
     device: str = option("auto", "Lightning accelerator name, or e.g. cuda:1")

@@ -325,7 +325,12 @@ def evaluate_run(cfg: EvaluateConfig) -> RunOutputs:
     eval_data = evaluation_data(cfg.data, cfg.eval)
     evaluations = {}
     for name, checkpoint in zip(names, cfg.checkpoints, strict=True):
-        backbone = load_backbone(checkpoint, cfg.architecture, in_channels=cfg.data.in_channels)
+        backbone = load_backbone(
+            checkpoint,
+            cfg.architecture,
+            in_channels=cfg.data.in_channels,
+            trusted=cfg.trust_checkpoint,
+        )
         with eval_mode(backbone.to(device)):
             evaluation = evaluate_embeddings(
                 name, backbone_embed_fn(backbone), eval_data, cfg.eval, device

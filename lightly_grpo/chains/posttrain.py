@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
 from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig, uniformity_weight
 from lightly_grpo.chains.evaluate import (
+    EvaluationData,
     RunOutputs,
     backbone_embed_fn,
     eval_split,
@@ -35,6 +36,7 @@ from lightly_grpo.chains.runtime import (
     save_final_checkpoint,
 )
 from lightly_grpo.data import (
+    check_training_data,
     dataset_labels,
     labeled_subset,
     make_loader,
@@ -101,6 +103,9 @@ def labeled_data(cfg: PosttrainConfig) -> LabeledData:
         resolve_dataset(data.dataset, "train", transform, root=data.data_root, seed=data.data_seed),
         indices,
     )
+    # An empty or single-class labeled set fails here, with its numbers, before any training.
+    # A set smaller than the batch trains in one batch of all its images (the batch is capped).
+    check_training_data(train, 1, drop_last=True, min_classes=2, name="labeled training set")
     eval_train = eval_split(data, "train")
     return LabeledData(
         train=make_loader(
@@ -269,7 +274,11 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         cfg.architecture,
         in_channels=cfg.data.in_channels,
         prefix=CHECKPOINT_BACKBONES[cfg.backbone_from],
+        trusted=cfg.trust_checkpoint,
     )
+    # Resolved before training: a broken evaluation image is reported (and skipped) now, not
+    # after hours of training.
+    eval_data = evaluation_data(cfg.data, cfg.eval) if evaluate else None
     reference = copy.deepcopy(backbone)  # the pretrained backbone, evaluated beside the result
     stage = build_stage(cfg, backbone, labeled.num_classes)
     history = EpochHistory()
@@ -289,7 +298,7 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     trained = {name: fit_baseline(name, cfg, reference, labeled, out_dir) for name in baselines}
     if evaluate:
-        evaluate_posttrained(cfg, stage, reference, outputs, config, trained)
+        evaluate_posttrained(cfg, stage, reference, outputs, config, trained, eval_data)
     return outputs
 
 
@@ -300,12 +309,13 @@ def evaluate_posttrained(
     outputs: RunOutputs,
     config: dict[str, Any],
     baselines: dict[str, PostTrainingModule] | None = None,
+    data: EvaluationData | None = None,
 ) -> None:
     """Evaluates the pretrained ``reference``, the post-trained ``stage`` and any trained
     ``baselines`` (method name -> module) and writes the report; fills ``outputs.results`` and
-    ``outputs.report``."""
+    ``outputs.report``. ``data``: the evaluation splits, when resolved already."""
     device = stage.device
-    data = evaluation_data(cfg.data, cfg.eval)
+    data = data or evaluation_data(cfg.data, cfg.eval)
     with eval_mode(reference.to(device)):
         evaluations = {
             PRETRAINED_NAME: evaluate_embeddings(

@@ -10,7 +10,7 @@ from pathlib import Path
 from lightly_grpo.backbones import backbone_output_dim, build_backbone, export_backbone
 from lightly_grpo.chains.config import PretrainConfig
 from lightly_grpo.chains.runtime import make_trainer, prepare_run, save_final_checkpoint
-from lightly_grpo.data import make_loader, resolve_dataset, subset
+from lightly_grpo.data import check_training_data, make_loader, resolve_dataset, subset
 from lightly_grpo.pretrain import get_pretrain_method
 
 
@@ -34,6 +34,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         cfg.max_images,
         data.data_seed,
     )
+    check_training_data(dataset, 1, drop_last=True, name="pretraining set")
     batch_size = min(cfg.batch_size, len(dataset))  # type: ignore[arg-type]
     loader = make_loader(
         dataset,

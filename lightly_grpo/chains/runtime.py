@@ -6,6 +6,7 @@ that trains nothing), so ``"auto"`` means what it means to Lightning.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import warnings
@@ -22,6 +23,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from lightly_grpo.chains.config import TrainerConfig
+
+logger = logging.getLogger(__name__)
 
 
 class EpochHistory(pl.Callback):
@@ -83,6 +86,35 @@ class RNGStates(pl.Callback):
         name, keys, pos, has_gauss, cached = state_dict["numpy"]
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state_dict["torch"])
+
+
+class StepOfFailure(pl.Callback):
+    """Names the training step at which a run failed (a NaN in the data or the model, a bad
+    batch): the exception gets a note ``failed at global step N (epoch E, batch B)`` and the
+    message is logged. Nothing is saved on the way out, so the last checkpoint on disk stays the
+    last good one (Lightning writes checkpoints only at the end of a completed epoch)."""
+
+    def __init__(self) -> None:
+        self.batch_idx = -1
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batch_idx = batch_idx
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        where = (
+            f"failed at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {self.batch_idx})"
+        )
+        if trainer.checkpoint_callback is not None:
+            folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+            where += f"; the checkpoints in {folder} are from before this step"
+        if hasattr(exception, "add_note"):  # Python >= 3.11: printed with the traceback
+            exception.add_note(where)
+        logger.error("training %s: %s", where, exception)
 
 
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path:
@@ -166,7 +198,7 @@ def make_trainer(
         precision=cfg.precision,  # type: ignore[arg-type]
         default_root_dir=str(out_dir),
         logger=CSVLogger(str(out_dir), name="logs"),  # kept for users: a plain CSV of every step
-        callbacks=[checkpoints, RNGStates(), *callbacks],
+        callbacks=[checkpoints, RNGStates(), StepOfFailure(), *callbacks],
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         log_every_n_steps=5,
@@ -254,6 +286,7 @@ def prepare_run(out_dir: str, seed: int) -> Path:
 __all__ = [
     "EpochHistory",
     "RNGStates",
+    "StepOfFailure",
     "check_not_posttrained",
     "latest_checkpoint",
     "resume_from",

@@ -52,7 +52,7 @@ from lightly_grpo.chains.runtime import (
     resume_from,
     save_final_checkpoint,
 )
-from lightly_grpo.data import dataset_labels, make_loader, resolve_dataset
+from lightly_grpo.data import check_training_data, dataset_labels, make_loader, resolve_dataset
 from lightly_grpo.data.indexed import IndexedDataset
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
 from lightly_grpo.data.splits import random_subset
@@ -298,6 +298,7 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
 
 def _shuffled_loader(cfg: PosttrainConfig, data: UnlabeledData) -> DataLoader[Any]:
     """Shuffled two-view batches (seeded by the training seed), the same for every method."""
+    check_training_data(data.train, 1, drop_last=True, name="unlabeled training set")
     return make_loader(
         data.train,
         min(cfg.batch_size, len(data.indices)),
@@ -334,6 +335,7 @@ def _load_backbone(cfg: PosttrainConfig) -> nn.Module:
         cfg.architecture,
         in_channels=cfg.data.in_channels,
         prefix=CHECKPOINT_BACKBONES[cfg.backbone_from],
+        trusted=cfg.trust_checkpoint,
     )
 
 
