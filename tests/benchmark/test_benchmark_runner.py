@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +103,40 @@ def test_results_of_other_settings_are_not_reused(
     other = dataclasses.replace(CFG, rows=(dataclasses.replace(ROW, epochs=2),))
     with pytest.raises(ValueError, match="other settings"):
         Benchmark(other, out, checkpoints, accelerator="cpu").run_all()
+
+
+def test_a_benchmark_killed_mid_run_resumes_without_redoing_finished_runs(
+    finished: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    reference, checkpoints = finished
+    out = tmp_path / "out"
+    script = (
+        "from tests.benchmark.test_benchmark_runner import CFG\n"
+        "from lightly_grpo.benchmark import run_benchmark\n"
+        f"run_benchmark(CFG, {str(out)!r}, {checkpoints!r}, accelerator='cpu')\n"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 600
+    while len(list((out / "runs").rglob("*.json"))) < 2:  # the pretrained row and one method run
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "no run finished in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # in the middle of the next run
+    assert process.wait() == -signal.SIGKILL
+    done = {path: path.stat().st_mtime_ns for path in (out / "runs").rglob("*.json")}
+    assert 2 <= len(done) < 7, "the benchmark finished before it was killed"
+
+    Benchmark(CFG, out, checkpoints, accelerator="cpu").run_all()
+    for path, stamp in done.items():
+        assert path.stat().st_mtime_ns == stamp, path  # finished before the kill: not redone
+    files = sorted((out / "runs").rglob("*.json"))
+    expected = sorted((reference / "runs").rglob("*.json"))
+    assert [p.relative_to(out) for p in files] == [p.relative_to(reference) for p in expected]
+    for path, other in zip(files, expected, strict=True):
+        metrics, uninterrupted = (json.loads(p.read_text())["metrics"] for p in (path, other))
+        for key in ("classifier_accuracy", "knn_top1_dino", "mean_average_precision_at_r"):
+            if key in uninterrupted:
+                assert metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), (path, key)
