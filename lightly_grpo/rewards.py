@@ -13,14 +13,66 @@ itself with :func:`register_reward` so that configs can name it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightly_grpo.registry import Registry
+from lightly_grpo.validation import check_finite
+
+#: Largest reward weight. Rewards are scored in float32 and the loss squares their differences
+#: over a group (the standard deviation of the advantages): with three rewards of weight
+#: <= 1e12 a squared difference is <= 1e25, so even groups of 10^13 outputs stay finite.
+MAX_REWARD_WEIGHT = 1e12
+
+
+def check_weight(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as a float, or ValueError naming ``name`` when it is not a usable reward weight.
+
+    A weight must be a real number (not a bool), finite, ``> 0`` (``>= 0`` with
+    ``allow_zero``) and at most :data:`MAX_REWARD_WEIGHT`.
+
+    Examples:
+        >>> check_weight("weight", 2)
+        2.0
+        >>> check_weight("weight", float("nan"))
+        Traceback (most recent call last):
+        ...
+        ValueError: weight must be a finite number > 0, got nan
+    """
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number {bound}, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    if number > MAX_REWARD_WEIGHT:
+        raise ValueError(
+            f"{name} must be at most {MAX_REWARD_WEIGHT:g} (rewards are scored in float32 and "
+            f"their differences squared), got {value}; rewards are compared within a group, "
+            "so scale all weights down together"
+        )
+    return number
+
+
+def _check_mask(name: str, mask: Tensor | None, shape: torch.Size) -> None:
+    """ValueError unless ``mask`` is None or a bool tensor of ``shape`` (no synchronisation)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{name} must be a bool tensor, got {kind}")
+    if mask.shape != shape:
+        raise ValueError(
+            f"{name} must have the shape of correct {tuple(shape)}, got {tuple(mask.shape)}"
+        )
 
 
 @dataclass
@@ -41,6 +93,39 @@ class RewardInputs:
     similarities: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
     positive: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # Shapes and dtypes only (no host synchronisation): values are checked on the rewards.
+        if not isinstance(self.correct, Tensor) or self.correct.dtype != torch.bool:
+            kind = self.correct.dtype if isinstance(self.correct, Tensor) else type(self.correct)
+            raise ValueError(f"correct must be a bool tensor (batch_size, group_size), got {kind}")
+        shape = self.correct.shape
+        if len(shape) != 2:
+            raise ValueError(
+                f"correct must have shape (batch_size, group_size), got {tuple(shape)}"
+            )
+        for name in ("old_logits", "similarities"):
+            value = getattr(self, name)
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+            if value.shape != shape:
+                raise ValueError(
+                    f"{name} must have the shape of correct {tuple(shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+        _check_mask("positive", self.positive, shape)
+        for name, extra in self.extras.items():
+            if not isinstance(extra, Tensor) or extra.shape != shape:
+                found = tuple(extra.shape) if isinstance(extra, Tensor) else type(extra).__name__
+                raise ValueError(
+                    f"extras[{name!r}] must be a tensor of the shape of correct {tuple(shape)}, "
+                    f"got {found}"
+                )
+
+    def reward_dtype(self) -> torch.dtype:
+        """Rewards are scored in at least float32: a weighted reward overflows float16."""
+        return torch.promote_types(self.old_logits.dtype, torch.float32)
 
     def wrong(self) -> Tensor:
         """Boolean mask of the outputs a penalty applies to: neither correct nor positive."""
@@ -89,8 +174,29 @@ class Reward(ABC):
         return {"type": self.type_name, **self.params()}
 
     def __call__(self, inputs: RewardInputs) -> Tensor:
+        """The rewards (B, G), at least float32; ValueError instead of NaN/inf rewards.
+
+        The finiteness check is one host synchronisation; on failure it names the input that
+        holds NaN/inf, or says that finite inputs overflowed.
+        """
         with torch.no_grad():
-            return self.compute(inputs)
+            rewards = self.compute(inputs)
+            if rewards.numel() and not bool(torch.isfinite(rewards.sum())):
+                check_finite(
+                    {
+                        "old_logits": inputs.old_logits,
+                        "similarities": inputs.similarities,
+                        **{f"extras[{name!r}]": t.float() for name, t in inputs.extras.items()},
+                    },
+                    hint=f"the reward {self!r} cannot score them",
+                )
+                if not bool(torch.isfinite(rewards).all()):
+                    raise ValueError(
+                        f"the reward {self!r} overflowed float32 on finite inputs (largest "
+                        f"|similarity| {float(inputs.similarities.abs().max()):.3g}); "
+                        "similarities are cosines in [-1, 1]"
+                    )
+            return rewards
 
     def __add__(self, other: Reward) -> SumReward:
         return SumReward([self, other])
@@ -163,15 +269,13 @@ class AccuracyReward(Reward):
     """
 
     def __init__(self, weight: float = 1.0) -> None:
-        if not weight > 0 or weight == float("inf"):
-            raise ValueError(f"weight must be a finite number > 0, got {weight}")
-        self.weight = float(weight)
+        self.weight = check_weight("weight", weight)
 
     def params(self) -> dict[str, Any]:
         return {"weight": self.weight}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
-        reward = inputs.correct.to(inputs.old_logits.dtype)
+        reward = inputs.correct.to(inputs.reward_dtype())
         return reward if self.weight == 1.0 else reward.mul_(self.weight)
 
     def __repr__(self) -> str:
@@ -207,11 +311,7 @@ class UniformityReward(Reward):
     def __init__(self, weight: float = 1.0, form: str = "policy", clamp: bool = True) -> None:
         if form not in self.FORMS:
             raise ValueError(f"form must be one of {self.FORMS}, got {form!r}")
-        if not weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if weight == float("inf"):
-            raise ValueError(f"weight must be finite, got {weight}")
-        self.weight = float(weight)
+        self.weight = check_weight("weight", weight, allow_zero=True)
         self.form = form
         self.clamp = bool(clamp)
 
@@ -219,10 +319,12 @@ class UniformityReward(Reward):
         return {"weight": self.weight, "form": self.form, "clamp": self.clamp}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
+        dtype = inputs.reward_dtype()
         if self.form == "policy":
-            penalty = inputs.old_probs()
+            penalty = torch.softmax(inputs.old_logits.to(dtype), dim=-1)
         else:
-            penalty = inputs.similarities.clamp_min(0.0) if self.clamp else inputs.similarities
+            similarities = inputs.similarities.to(dtype)
+            penalty = similarities.clamp_min(0.0) if self.clamp else similarities
         return penalty.masked_fill(~inputs.wrong(), 0.0).mul_(-self.weight)
 
     def __repr__(self) -> str:
@@ -254,17 +356,20 @@ class MaskReward(Reward):
     def __init__(self, name: str = "neighbor", weight: float = 0.5) -> None:
         if not name:
             raise ValueError("name must name an extra input of the output set, got ''")
-        if not weight > 0 or weight == float("inf"):
-            raise ValueError(f"weight must be a finite number > 0, got {weight}")
         self.name = name
-        self.weight = float(weight)
+        self.weight = check_weight("weight", weight)
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "weight": self.weight}
 
     def compute(self, inputs: RewardInputs) -> Tensor:
         mask = inputs.extra(self.name)
-        return mask.to(inputs.old_logits.dtype).mul_(self.weight)
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"MaskReward({self.name!r}) needs a bool mask, got extras[{self.name!r}] of "
+                f"dtype {mask.dtype}"
+            )
+        return mask.to(inputs.reward_dtype()).mul_(self.weight)
 
     def __repr__(self) -> str:
         return f"MaskReward({self.name!r}, weight={self.weight})"
@@ -276,10 +381,15 @@ def neighbor_reward(
     """The unlabeled reward: ``instance`` for the other view of the same image, ``neighbor``
     for the query's reference-space neighbours, ``-uniformity * pi_old`` for every other output.
 
+    ``neighbor`` and ``uniformity`` may be 0 (that part is left out), never negative or NaN.
+
     Examples:
         >>> neighbor_reward()
         AccuracyReward(weight=1.0) + MaskReward('neighbor', weight=0.5) + UniformityReward(...)
     """
+    check_weight("instance", instance)
+    check_weight("neighbor", neighbor, allow_zero=True)
+    check_weight("uniformity", uniformity, allow_zero=True)
     parts: list[Reward | dict[str, Any]] = [AccuracyReward(instance)]
     if neighbor > 0:
         parts.append(MaskReward("neighbor", neighbor))
@@ -294,7 +404,14 @@ def default_reward() -> Reward:
 
 
 def build_reward(accuracy: float = 1.0, uniformity: float = 1.0, form: str = "policy") -> Reward:
-    """Builds accuracy (+ uniformity when ``uniformity > 0``) from plain numbers (CLI flags)."""
+    """Builds accuracy (+ uniformity when ``uniformity > 0``) from plain numbers (CLI flags).
+
+    Examples:
+        >>> build_reward(1.0, 0.0)
+        AccuracyReward(weight=1.0)
+    """
+    check_weight("accuracy", accuracy)
+    check_weight("uniformity", uniformity, allow_zero=True)
     if uniformity > 0:
         return AccuracyReward(accuracy) + UniformityReward(uniformity, form=form)
     return AccuracyReward(accuracy)

@@ -49,7 +49,7 @@ def _kill_mid_epoch(args: list[str], out: Path) -> None:
     assert not (out / "grpo.ckpt").exists(), "the run finished before it was killed"
 
 
-@pytest.mark.parametrize("output_set", ["classes", "neighbors"])
+@pytest.mark.parametrize("output_set", ["classes", "neighbors", "kmeans"])
 def test_a_killed_run_resumes_to_the_uninterrupted_result(
     pretrained: Path, tmp_path: Path, output_set: str
 ) -> None:

@@ -27,8 +27,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor
 
 from lightly_grpo.index.kmeans import spherical_kmeans
-from lightly_grpo.index.search import ArrayLike, as_float_tensor, knn_search
-from lightly_grpo.validation import check_finite
+from lightly_grpo.index.search import ArrayLike, as_finite_float_tensor, knn_search
 
 __all__ = [
     "clustering_accuracy",
@@ -168,13 +167,18 @@ def _check_embeddings_and_labels(
     embeddings: ArrayLike, labels: ArrayLike | Sequence[int]
 ) -> tuple[Tensor, np.ndarray]:
     """Embeddings as a (N, D) float32 tensor and labels as (N,) ids (``ValueError`` else)."""
-    shape = tuple(getattr(embeddings, "shape", ()))
-    if len(shape) != 2:
-        raise ValueError(f"embeddings must be 2-D with shape (N, D), got shape {shape}")
-    x = as_float_tensor(embeddings, "embeddings")
-    if x.shape[0] == 0:
-        raise ValueError(f"embeddings are empty (shape {tuple(x.shape)})")
-    check_finite({"embeddings": x})
+    if not isinstance(embeddings, (Tensor, np.ndarray)):
+        raise ValueError(
+            f"embeddings must be a torch.Tensor or NumPy array of shape (N, D), got "
+            f"{type(embeddings).__name__}"
+        )
+    if embeddings.ndim != 2:
+        raise ValueError(
+            f"embeddings must be 2-D with shape (N, D), got shape {tuple(embeddings.shape)}"
+        )
+    if embeddings.shape[0] == 0 or embeddings.shape[1] == 0:
+        raise ValueError(f"embeddings are empty (shape {tuple(embeddings.shape)})")
+    x = as_finite_float_tensor(embeddings, "embeddings")
     y = _as_ids(labels, "labels")
     if len(y) != x.shape[0]:
         raise ValueError(

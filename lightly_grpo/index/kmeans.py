@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_grpo.index import search
-from lightly_grpo.index.search import ArrayLike, as_float_tensor, knn_search, resolve_backend
-from lightly_grpo.validation import check_finite
+from lightly_grpo.index.search import (
+    ArrayLike,
+    as_finite_float_tensor,
+    knn_search,
+    resolve_backend,
+)
 
 
 def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:
@@ -95,7 +99,8 @@ def spherical_kmeans(
         indices, on the device of ``x``.
 
     Raises:
-        ValueError: On empty or non-finite input, or K out of range.
+        ValueError: On empty, zero-dimensional or non-finite input (or float64 values beyond
+            float32), K out of range, or a bad iterations or seed.
 
     Examples:
         >>> x = torch.randn(500, 16)
@@ -103,18 +108,23 @@ def spherical_kmeans(
         >>> centroids.shape, assignments.shape
         (torch.Size([5, 16]), torch.Size([500]))
     """
-    t = as_float_tensor(x, "x")
+    t = as_finite_float_tensor(x, "x")
     if len(t) == 0:
-        raise ValueError(f"spherical_kmeans needs at least one point, got shape {tuple(t.shape)}")
-    check_finite({"x": t})
+        raise ValueError(f"x must hold at least one point, got shape {tuple(t.shape)}")
+    if t.shape[1] == 0:
+        # FAISS's k-means divides by the dimension: a SIGFPE that kills the process.
+        raise ValueError(f"x must have dimension >= 1, got shape {tuple(t.shape)}")
     if isinstance(num_clusters, bool) or not isinstance(num_clusters, int):
         raise ValueError(f"num_clusters must be an integer, got {num_clusters!r}")
     if not 1 <= num_clusters <= len(t):
         raise ValueError(
             f"num_clusters must be in [1, {len(t)}] (number of points), got {num_clusters}"
         )
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    # FAISS stores the seed in a C int; torch takes any 64-bit seed.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}")
     resolved = resolve_backend(backend, t.device)
     xn = F.normalize(t, dim=1)
     generator = torch.Generator().manual_seed(seed)

@@ -52,6 +52,10 @@ FAISS_GPU_MAX_K = 2048
 # Working memory one search chunk may use (similarity block, results, caller's per-chunk work).
 DEFAULT_MEMORY_BUDGET_BYTES = 256 * 2**20
 _MAX_CHUNK_SIZE = 8192
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# Scores (dot products, and the norms and differences of the l2 path) are bounded by
+# dim * (max|q| + max|r|)^2; inputs whose bound exceeds this could overflow float32.
+_MAX_SCORE_BOUND = FLOAT32_MAX / 4
 
 _gpu_resources: Any = None
 
@@ -133,15 +137,60 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
 
 
 def as_float_tensor(x: ArrayLike, name: str) -> Tensor:
-    """A detached, contiguous float32 (items, dim) tensor from a tensor or numpy array."""
-    t = torch.as_tensor(x) if isinstance(x, np.ndarray) else x
+    """A detached, contiguous float32 (items, dim) tensor from a tensor or numpy array.
+
+    Examples:
+        >>> as_float_tensor(np.ones((2, 3), dtype=np.float16), "x").dtype
+        torch.float32
+    """
+    if isinstance(x, np.ndarray):
+        try:
+            t = torch.as_tensor(x)
+        except TypeError as error:  # object or string arrays
+            raise ValueError(f"{name} must hold numbers, got dtype {x.dtype}: {error}") from None
+    else:
+        t = x
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D (items, dim), got shape {tuple(t.shape)}")
+    if t.is_complex():
+        raise ValueError(f"{name} must be real, got dtype {t.dtype}")
     if not t.is_floating_point():
         t = t.float()
     return t.detach().to(torch.float32).contiguous()
+
+
+def _raise_not_finite(named: dict[str, tuple[ArrayLike, Tensor]]) -> None:
+    """Explains non-finite float32 copies: NaN/inf in the input, or a float32 overflow of the
+    cast (float64 values beyond 3.4e38)."""
+    check_finite({name: torch.as_tensor(original) for name, (original, _) in named.items()})
+    for name, (original, cast) in named.items():
+        if not bool(torch.isfinite(cast).all()):
+            largest = float(torch.as_tensor(original).abs().max())
+            raise ValueError(
+                f"{name} has values beyond float32's range (largest |value| {largest:.3g}, "
+                f"float32 holds up to {FLOAT32_MAX:.3g}); the search runs in float32, so "
+                "normalise or rescale them"
+            )
+
+
+def as_finite_float_tensor(x: ArrayLike, name: str) -> Tensor:
+    """:func:`as_float_tensor` and a ValueError when the float32 copy holds NaN or inf.
+
+    The message tells NaN/inf in ``x`` from float64 values that overflow float32. One host
+    synchronisation.
+
+    Examples:
+        >>> as_finite_float_tensor(np.full((1, 2), 1e300), "x")
+        Traceback (most recent call last):
+        ...
+        ValueError: x has values beyond float32's range (largest |value| 1e+300, ...
+    """
+    t = as_float_tensor(x, name)
+    if t.numel() and not bool(torch.isfinite(t.sum())):
+        _raise_not_finite({name: (x, t)})
+    return t
 
 
 def _validate(
@@ -159,6 +208,11 @@ def _validate(
         raise ValueError(
             f"queries and references differ in dimension: {tuple(q.shape)} vs {tuple(r.shape)}"
         )
+    if q.shape[1] == 0:
+        raise ValueError(
+            f"queries and references have dimension 0 (shapes {tuple(q.shape)} and "
+            f"{tuple(r.shape)}): there is nothing to compare"
+        )
     if q.device != r.device:
         raise ValueError(f"queries are on {q.device} but references on {r.device}")
     if exclude_self and q.shape[0] > r.shape[0]:
@@ -172,7 +226,19 @@ def _validate(
             f"k must be an integer in [1, {available}] (number of references "
             f"{r.shape[0]}{' minus the query itself' if exclude_self else ''}), got {k!r}"
         )
-    check_finite({"queries": q, "references": r})
+    # NaN/inf and the score bound in one pass over each tensor and one host synchronisation.
+    extremes = torch.stack([*torch.aminmax(q), *torch.aminmax(r)]).tolist()
+    if not all(math.isfinite(value) for value in extremes):
+        _raise_not_finite({"queries": (queries, q), "references": (references, r)})
+    q_max, r_max = max(-extremes[0], extremes[1]), max(-extremes[2], extremes[3])
+    bound = q.shape[1] * (q_max + r_max) ** 2
+    if bound > _MAX_SCORE_BOUND:
+        raise ValueError(
+            f"queries and references are too large for float32 scores: largest |value| "
+            f"{q_max:.3g} and {r_max:.3g} in dimension {q.shape[1]} can overflow float32 "
+            f"(dim * (|q| + |r|)^2 = {bound:.3g} > {_MAX_SCORE_BOUND:.3g}); normalise or "
+            "rescale them"
+        )
     return q, r
 
 
@@ -415,7 +481,8 @@ def knn_search(
         (``"l2"``) as float32, and int64 reference indices, best first.
 
     Raises:
-        ValueError: On empty inputs, differing dimensions, NaN/inf, or k out of range.
+        ValueError: On empty or zero-dimensional inputs, differing dimensions, NaN/inf, values
+            large enough to overflow float32 scores, or k out of range.
 
     Examples:
         >>> x = torch.nn.functional.normalize(torch.randn(1000, 32), dim=1)

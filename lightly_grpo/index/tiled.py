@@ -19,6 +19,15 @@ stays bounded for any N.
 Items are visited in a fixed pseudo-random order, so data sorted by class (an ImageFolder) does
 not make the k-th best score climb slowly; ties are still settled by the original index.
 
+The kernel's threads take work on demand: rows in small ranges, and the blocks of a symmetric
+tile from a scheduler that never runs two blocks writing the same candidate buffers (no
+barrier, no fixed shares). On a machine shared with other processes, a thread that gets only
+part of a core then does less of the work instead of holding up the others, and the results do
+not depend on the schedule. The tile products are ``torch.mm`` on torch's intra-op (OpenMP)
+threads; ``OMP_WAIT_POLICY=PASSIVE`` in the environment (set before torch starts) makes those
+sleep between products instead of spinning, which helps further on an oversubscribed machine
+(``recipes/benchmarks/bench_busy_machine.py`` measures both).
+
 The extension is built when the package is installed (it is optional: without a C++ compiler the
 package installs without it and :func:`tiled_available` is False; ``"auto"`` then uses FAISS or
 torch).
@@ -251,7 +260,8 @@ def tiled_knn_chunks(
             (``None``: when ``exclude_self``, Q == N and the buffers fit ``symmetric_memory``).
         symmetric_memory: Byte limit of the all-items candidate buffers (default:
             ``DEFAULT_SYMMETRIC_MEMORY_BYTES``, read at call time).
-        threads: Threads of the top-k kernel (default: ``torch.get_num_threads()``).
+        threads: Threads of the top-k kernel (default: ``torch.get_num_threads()``); any
+            number gives the same results.
         progress: Show a tqdm bar over the score tiles.
 
     Yields:

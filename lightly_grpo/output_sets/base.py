@@ -17,8 +17,10 @@ with :func:`register_output_set` so configs and checkpoints can name it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +28,62 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightly_grpo.registry import Registry
+from lightly_grpo.validation import check_embedding_shape, check_finite
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or ValueError unless it is an integer (not a bool) >= ``minimum``.
+
+    Examples:
+        >>> check_int("num_classes", 3, 2)
+        3
+        >>> check_int("num_classes", 2.5, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_classes must be an integer, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Rows of ``x`` L2-normalised in at least float32 (float64 stays float64).
+
+    A float64 row beyond float32's range (1e39) would overflow to inf if cast first; a float16
+    row's norm overflows float16 from |values| of about 256 on. Rows whose squared norm could
+    overflow even so (|values| above ~1e18 in float32) are divided by a constant first, which
+    leaves the direction and the gradient unchanged (normalisation is scale-invariant); every
+    other row is divided by exactly 1. The casts are differentiable, so the gradient reaches
+    ``x`` in its own dtype.
+
+    Examples:
+        >>> unit_rows(torch.tensor([[3e300, 4e300]], dtype=torch.float64))
+        tensor([[0.6000, 0.8000]], dtype=torch.float64)
+    """
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    if wide.numel() == 0:
+        return wide
+    # sum(x_i^2) <= dim * max|x|^2 stays finite for max|x| <= limit.
+    limit = math.sqrt(torch.finfo(wide.dtype).max / max(wide.shape[1], 1)) / 2
+    largest = wide.detach().abs().amax(dim=1, keepdim=True)
+    return F.normalize(wide / (largest / limit).clamp_min(1.0), dim=1)
+
+
+def check_similarities(similarities: Tensor, named: dict[str, Tensor | None]) -> None:
+    """ValueError naming the NaN/inf input when ``similarities`` hold NaN/inf, on the CPU only.
+
+    On a GPU the check would cost a host synchronisation per batch; there the losses check their
+    inputs once per batch (their ``validate`` flag) and this function does nothing.
+    """
+    if similarities.device.type != "cpu" or similarities.numel() == 0:
+        return
+    if bool(torch.isfinite(similarities.detach().sum())):
+        return
+    check_finite(named)
+    check_finite({"similarities": similarities})
 
 
 @dataclass
@@ -188,9 +246,12 @@ class KeyedOutputSet(OutputSet):
     def similarities(self, embeddings: Tensor, keys: Tensor | None = None) -> Tensor:
         """Cosine similarity of each (normalised) embedding to every key, shape (B, N)."""
         keys = self.keys() if keys is None else keys
+        check_embedding_shape(embeddings, keys.shape[1])
         # Half-precision or float64 embeddings meet float32 keys: score in the keys' dtype (the
         # cast is differentiable, so the gradient reaches the embeddings in their own dtype).
-        return F.normalize(embeddings.to(keys.dtype), dim=1) @ keys.t()
+        sims = unit_rows(embeddings).to(keys.dtype) @ keys.t()
+        check_similarities(sims, {"embeddings": embeddings, "keys": keys})
+        return sims
 
     def group(
         self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None

@@ -10,8 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightly_grpo.embedding import class_means
-from lightly_grpo.output_sets.base import KeyedOutputSet, OutputGroup, register_output_set
+from lightly_grpo.output_sets.base import (
+    KeyedOutputSet,
+    OutputGroup,
+    check_int,
+    register_output_set,
+)
 from lightly_grpo.validation import (
+    as_labels,
     check_embedding_shape,
     check_embeddings,
     check_labeled_batch,
@@ -54,12 +60,8 @@ class ClassPrototypes(KeyedOutputSet):
 
     def __init__(self, num_classes: int, embedding_size: int) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
-        self.num_classes = num_classes
-        self.embedding_size = embedding_size
+        self.num_classes = check_int("num_classes", num_classes, 2)
+        self.embedding_size = check_int("embedding_size", embedding_size, 1)
         self.weight = nn.Parameter(F.normalize(torch.randn(num_classes, embedding_size), dim=1))
         self.reference_keys: Tensor
         self.register_buffer("reference_keys", self.weight.detach().clone())
@@ -81,8 +83,18 @@ class ClassPrototypes(KeyedOutputSet):
                 "ClassPrototypes needs class labels: batches must be (images, labels, ...); "
                 "for unlabeled data use an unlabeled output set"
             )
-        mask = torch.zeros(batch_size, self.num_classes, dtype=torch.bool, device=labels.device)
-        return mask.scatter_(1, labels.long().unsqueeze(1), True)
+        labels = as_labels(labels)
+        if labels.shape != (batch_size,):
+            raise ValueError(
+                f"labels must have shape ({batch_size},) (one per embedding), "
+                f"got {tuple(labels.shape)}"
+            )
+        if labels.device.type == "cpu":
+            # The range check costs a host synchronisation on a GPU, where the loss's validate
+            # flag decides; a comparison (not a scatter) cannot crash on a label out of range.
+            check_labels(labels, self.num_classes, batch_size)
+        classes = torch.arange(self.num_classes, device=labels.device)
+        return labels.unsqueeze(1) == classes
 
     def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
         sims = self.similarities(embeddings, keys=self.reference_keys)

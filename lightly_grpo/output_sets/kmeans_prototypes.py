@@ -11,18 +11,16 @@ from torch import Tensor
 
 from lightly_grpo.index.kmeans import spherical_kmeans
 from lightly_grpo.index.search import BACKENDS
-from lightly_grpo.output_sets.base import KeyedOutputSet, OutputGroup, register_output_set
+from lightly_grpo.output_sets.base import (
+    KeyedOutputSet,
+    OutputGroup,
+    check_int,
+    register_output_set,
+    unit_rows,
+)
 from lightly_grpo.validation import check_embedding_shape, check_embeddings
 
 __all__ = ["KMeansPrototypes"]
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    """Raises ValueError unless ``value`` is an int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 @register_output_set("kmeans_prototypes")
@@ -72,13 +70,20 @@ class KMeansPrototypes(KeyedOutputSet):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _check_int("num_clusters", num_clusters, 2)
-        _check_int("embedding_size", embedding_size, 1)
+        check_int("num_clusters", num_clusters, 2)
+        check_int("embedding_size", embedding_size, 1)
         # Zero iterations would leave an unbalanced softmax: the point of Sinkhorn is lost.
-        _check_int("sinkhorn_iterations", sinkhorn_iterations, 1)
-        _check_int("kmeans_iterations", kmeans_iterations, 0)
-        _check_int("seed", seed, 0)
-        epsilon = float(sinkhorn_epsilon)
+        check_int("sinkhorn_iterations", sinkhorn_iterations, 1)
+        check_int("kmeans_iterations", kmeans_iterations, 0)
+        check_int("seed", seed, 0)
+        try:
+            if isinstance(sinkhorn_epsilon, (bool, str)):
+                raise TypeError
+            epsilon = float(sinkhorn_epsilon)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"sinkhorn_epsilon must be a number > 0, got {sinkhorn_epsilon!r}"
+            ) from None
         if not 0.0 < epsilon < float("inf"):
             raise ValueError(f"sinkhorn_epsilon must be finite and > 0, got {sinkhorn_epsilon}")
         if backend not in BACKENDS:
@@ -217,7 +222,8 @@ class KMeansPrototypes(KeyedOutputSet):
                 f"of {bank.shape[0]} (shape {tuple(bank.shape)})"
             )
         centroids, _ = spherical_kmeans(
-            bank.detach(),
+            # Unit rows first: float64 embeddings beyond float32's range keep their directions.
+            unit_rows(bank.detach()).float(),
             self.num_clusters,
             iterations=self.kmeans_iterations,
             seed=self.seed,

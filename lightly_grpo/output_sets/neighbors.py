@@ -19,12 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightly_grpo.data.neighbor_sampler import reference_neighbors
-from lightly_grpo.output_sets.base import OutputGroup, OutputSet, register_output_set
-from lightly_grpo.validation import check_embeddings
+from lightly_grpo.index.search import BACKENDS
+from lightly_grpo.output_sets.base import (
+    OutputGroup,
+    OutputSet,
+    check_int,
+    check_similarities,
+    register_output_set,
+    unit_rows,
+)
+from lightly_grpo.validation import as_labels, check_embedding_shape, check_embeddings
 
 __all__ = ["NeighborOutputSet", "in_batch_candidates"]
 
@@ -36,8 +43,8 @@ def in_batch_candidates(num_rows: int, device: torch.device | None = None) -> Te
         >>> in_batch_candidates(3).tolist()
         [[1, 2], [0, 2], [0, 1]]
     """
-    if num_rows < 2:
-        raise ValueError(f"an in-batch group needs at least 2 rows, got {num_rows}")
+    if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < 2:
+        raise ValueError(f"an in-batch group needs at least 2 rows, got {num_rows!r}")
     rows = torch.arange(num_rows, device=device).unsqueeze(1)
     cols = torch.arange(num_rows - 1, device=device).unsqueeze(0)
     return cols + (cols >= rows).long()
@@ -82,10 +89,11 @@ class NeighborOutputSet(OutputSet):
         neighbors_positive: bool = True,
     ) -> None:
         super().__init__()
-        if num_items < 2:
-            raise ValueError(f"num_items must be >= 2, got {num_items}")
-        if embedding_size < 1:
-            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        num_items = check_int("num_items", num_items, 2)
+        embedding_size = check_int("embedding_size", embedding_size, 1)
+        num_neighbors = check_int("num_neighbors", num_neighbors, 1)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not 1 <= num_neighbors < num_items:
             raise ValueError(
                 f"num_neighbors must be in [1, {num_items - 1}] for {num_items} items, "
@@ -133,7 +141,10 @@ class NeighborOutputSet(OutputSet):
                 f"{self.embedding_size}), got {tuple(bank.shape)}"
             )
         check_embeddings(bank, self.embedding_size)
-        table = reference_neighbors(bank, self.num_neighbors, self.backend)
+        # Unit rows first: float64 embeddings beyond float32's range keep their directions.
+        table = reference_neighbors(
+            unit_rows(bank.detach()).float(), self.num_neighbors, self.backend
+        )
         self.neighbors.copy_(table.to(self.neighbors.device))
 
     # ------------------------------------------------------------------ groups
@@ -141,15 +152,24 @@ class NeighborOutputSet(OutputSet):
         self, embeddings: Tensor, labels: Tensor | None = None, items: Tensor | None = None
     ) -> OutputGroup:
         rows, item_of_row = self._rows(embeddings, items)
-        z = F.normalize(embeddings, dim=1)
+        z = unit_rows(embeddings)
         columns = in_batch_candidates(rows, z.device)
         similarities = (z @ z.t()).gather(1, columns)
+        check_similarities(similarities, {"embeddings": embeddings})
         return self._group_of(similarities, columns, item_of_row, labels)
 
     def reference_similarities(self, embeddings: Tensor, group: OutputGroup) -> Tensor:
         # The reference policy scores the same in-batch candidates with its own embeddings.
-        z = F.normalize(embeddings, dim=1)
-        return (z @ z.t()).gather(1, in_batch_candidates(len(z), z.device))
+        check_embedding_shape(embeddings, self.embedding_size, name="reference embeddings")
+        if embeddings.shape[0] != group.similarities.shape[0]:
+            raise ValueError(
+                f"reference embeddings must have one row per query ({group.similarities.shape[0]})"
+                f", got shape {tuple(embeddings.shape)}"
+            )
+        z = unit_rows(embeddings)
+        sims = (z @ z.t()).gather(1, in_batch_candidates(len(z), z.device))
+        check_similarities(sims, {"reference embeddings": embeddings})
+        return sims
 
     @torch.no_grad()
     def _group_of(
@@ -162,7 +182,7 @@ class NeighborOutputSet(OutputSet):
         if self.use_labels:
             if labels is None:
                 raise ValueError("NeighborOutputSet(use_labels=True) needs batches with labels")
-            labels = labels.to(item_of_row.device).reshape(-1)
+            labels = as_labels(labels, item_of_row.device).reshape(-1)
             if len(labels) != len(item_of_row):
                 raise ValueError(
                     f"labels must have one entry per row ({len(item_of_row)}), got {len(labels)}"
@@ -180,11 +200,17 @@ class NeighborOutputSet(OutputSet):
 
     def _rows(self, embeddings: Tensor, items: Tensor | None) -> tuple[int, Tensor]:
         """The row count and the dataset index of every row (views repeat their image's)."""
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+        if (
+            not isinstance(embeddings, Tensor)
+            or embeddings.ndim != 2
+            or embeddings.shape[1] != self.embedding_size
+        ):
+            shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else embeddings
             raise ValueError(
-                f"embeddings must have shape (rows, {self.embedding_size}), "
-                f"got {tuple(embeddings.shape)}"
+                f"embeddings must have shape (rows, {self.embedding_size}), got {shape!r}"
             )
+        if not embeddings.is_floating_point():
+            raise ValueError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
         if not self.initialized:
             raise ValueError(
                 "NeighborOutputSet has no neighbour table yet: call initialize(bank) with the "
@@ -195,7 +221,12 @@ class NeighborOutputSet(OutputSet):
                 "NeighborOutputSet needs the dataset index of every image: batches must be "
                 "(views, labels, indices), e.g. from lightly_grpo.data.IndexedDataset"
             )
-        items = torch.as_tensor(items, device=embeddings.device).reshape(-1)
+        try:
+            items = torch.as_tensor(items, device=embeddings.device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"items must be integer dataset indices, got {type(items).__name__}: {error}"
+            ) from None
         if len(items) == 0:
             raise ValueError("items is empty: expected one dataset index per image of the batch")
         if items.dtype.is_floating_point or items.dtype == torch.bool:
