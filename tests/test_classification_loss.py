@@ -147,3 +147,49 @@ def test_compiled_fused_path_matches_eager() -> None:
     (compiled,) = torch.autograd.grad(loss, logits)
     assert torch.allclose(rewards, eager_rewards, atol=1e-6)
     assert torch.allclose(compiled, eager, atol=1e-7)
+
+
+@pytest.mark.parametrize("uniformity", [0.0, 1.0, 2.0])
+def test_fused_loss_on_similarities_equals_the_loss_on_logits(uniformity: float) -> None:
+    from lightly_grpo.loss import fused_accuracy_uniformity_loss
+    from lightly_grpo.losses.fused import fused_loss_on_similarities
+
+    torch.manual_seed(7)
+    sims = (torch.rand(6, 9, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    correct = F.one_hot(torch.randint(0, 9, (6,)), 9).bool()
+    correct[2] = True  # a degenerate group
+    loss, log_probs, rewards = fused_loss_on_similarities(
+        sims, correct, 0.2, 1.0, uniformity, with_stats=True
+    )
+    (grad,) = torch.autograd.grad(loss, sims)
+    ref_loss, ref_log_probs, ref_rewards = fused_accuracy_uniformity_loss(
+        sims / 0.2, correct, 1.0, uniformity
+    )
+    (ref_grad,) = torch.autograd.grad(ref_loss, sims)
+    assert log_probs is not None and rewards is not None
+    assert torch.allclose(loss, ref_loss, atol=1e-15)
+    assert torch.allclose(grad, ref_grad, atol=1e-14)
+    assert torch.allclose(log_probs, ref_log_probs) and torch.equal(rewards, ref_rewards)
+    assert torch.equal(grad[2], torch.zeros(9, dtype=torch.float64))
+    # without statistics nothing but the loss is computed
+    _, no_log_probs, no_rewards = fused_loss_on_similarities(sims, correct, 0.2)
+    assert no_log_probs is None and no_rewards is None
+
+
+def test_default_path_statistics_equal_the_general_path() -> None:
+    from lightly_grpo.loss import GRPORMLoss
+    from lightly_grpo.rewards import RewardInputs
+
+    torch.manual_seed(8)
+    criterion = GRPORMClassificationLoss(num_classes=6, embedding_size=5).double()
+    embeddings, labels = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 6, (10,))
+    loss, stats = criterion.forward_with_stats(embeddings, labels)
+    logits = criterion.logits(embeddings)
+    correct = F.one_hot(labels, 6).bool()
+    rewards = criterion.reward(RewardInputs(correct, logits.detach(), logits.detach() * 0.1))
+    expected_loss, expected = GRPORMLoss().forward_with_stats(logits, rewards, correct=correct)
+    assert float(loss) == pytest.approx(float(expected_loss), abs=1e-12)
+    for name, value in expected.as_dict().items():
+        assert float(stats[name]) == pytest.approx(float(value), abs=1e-12), name
+    accuracy = (logits.argmax(1) == labels).double().mean()
+    assert float(stats["accuracy"]) == pytest.approx(float(accuracy))

@@ -96,3 +96,29 @@ def test_labels_may_be_lists_numpy_or_small_integers(labels: object) -> None:
 def test_bad_input_gets_a_clear_error(call: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()  # type: ignore[operator]
+
+
+def test_a_label_just_past_a_huge_class_count_is_caught() -> None:
+    from lightly_grpo.validation import check_labeled_batch
+
+    # 2**30 + 1 rounds to 2**30 in float32; the batch check must compare labels exactly.
+    num_classes = 2**30 + 1
+    labels = torch.tensor([0, num_classes])
+    with pytest.raises(ValueError, match=r"got \[1073741825\]"):
+        check_labeled_batch(torch.randn(2, 3), labels, num_classes)
+    check_labeled_batch(torch.randn(2, 3), torch.tensor([0, num_classes - 1]), num_classes)
+
+
+@pytest.mark.parametrize("where", ["embeddings", "prototypes"])
+def test_inf_in_embeddings_or_prototypes_is_named(where: str) -> None:
+    criterion = GRPORMClassificationLoss(num_classes=3, embedding_size=4)
+    embeddings = torch.randn(2, 4)
+    if where == "embeddings":
+        embeddings[1, 2] = float("inf")
+        match = "embeddings contains NaN or inf: 1 value"
+    else:
+        with torch.no_grad():
+            criterion.prototypes.weight[0, 0] = float("-inf")
+        match = "prototypes contain NaN or inf"
+    with pytest.raises(ValueError, match=match):
+        criterion(embeddings, torch.tensor([0, 2]))

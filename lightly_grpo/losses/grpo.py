@@ -45,7 +45,8 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6, correct: Tensor | None 
     std, mean = torch.std_mean(rewards, dim=-1, keepdim=True, correction=0)
     # Exact equality, not std == 0: the mean of equal floats is not always exactly that float.
     low, high = rewards.aminmax(dim=-1, keepdim=True)
-    scale = (high != low).to(rewards.dtype) / (std + eps)
+    # bool / float promotes inside the one division kernel (no separate cast pass).
+    scale = torch.div(high != low, std + eps)
     advantages = (rewards - mean).mul_(scale)
     return advantages if correct is None else cap_wrong_advantages(advantages, correct)
 

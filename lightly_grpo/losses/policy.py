@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightly_grpo.losses.fused import fused_accuracy_uniformity_loss
+from lightly_grpo.losses.fused import fused_loss_on_similarities
 from lightly_grpo.losses.grpo import GRPORMLoss, GRPOStats
 from lightly_grpo.output_sets.base import (
     KeyedOutputSet,
@@ -236,12 +236,23 @@ class GRPORMPolicyLoss(nn.Module):
             # Before the rewards read them: a NaN here is the caller's old or reference policy.
             check_finite({"old_logits": old_logits, "ref_logits": ref_logits})
         group = self._group(embeddings, labels, items)
-        logits = group.similarities / self.temperature
+        shape = group.similarities.shape
         for name, other in (("old_logits", old_logits), ("ref_logits", ref_logits)):
-            if other is not None and other.shape != logits.shape:
-                raise ValueError(
-                    f"{name} must have shape {tuple(logits.shape)}, got {tuple(other.shape)}"
-                )
+            if other is not None and other.shape != shape:
+                raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(other.shape)}")
+        fused = self._fused_weights()
+        if (
+            fused is not None
+            and old_logits is None
+            and group_index is None
+            and (self.group_size is None or self.group_size >= group.similarities.shape[1])
+            and self.grpo.beta == 0
+            and group.positive is None
+        ):
+            # The default path: the fused loss divides by the temperature itself, so autograd
+            # records no separate division (one launch fewer each way).
+            return self._fused(group.similarities, group.correct, fused, with_stats)
+        logits = group.similarities / self.temperature
         policy_old = logits.detach() if old_logits is None else old_logits.detach()
         if group_index is None:
             group_index = (
@@ -255,15 +266,6 @@ class GRPORMPolicyLoss(nn.Module):
             if with_stats
             else None
         )
-        fused = self._fused_weights()
-        if (
-            fused is not None
-            and old_logits is None
-            and group_index is None
-            and self.grpo.beta == 0
-            and group.positive is None
-        ):
-            return self._fused(logits, group.correct, fused, accuracy)
         if group_index is not None:
             group = group.select(group_index)
             logits, policy_old = logits.gather(1, group_index), policy_old.gather(1, group_index)
@@ -303,23 +305,28 @@ class GRPORMPolicyLoss(nn.Module):
 
     def _fused(
         self,
-        logits: Tensor,
+        similarities: Tensor,
         correct: Tensor,
         weights: tuple[float, float],
-        accuracy: Tensor | None,
+        with_stats: bool,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         # Finite embeddings and keys (checked above) give finite logits: no second sync.
-        loss, log_probs, rewards = fused_accuracy_uniformity_loss(
-            logits,
+        loss, log_probs, rewards = fused_loss_on_similarities(
+            similarities,
             correct,
+            self.temperature,
             weights[0],
             weights[1],
             self.grpo.adv_eps,
-            validate=False,
+            with_stats=with_stats,
             compile_math=self.compile_math,
         )
-        if accuracy is None:
+        if not with_stats:
             return loss, {}
-        zero = logits.new_zeros(())  # one inner step, no reference: nothing clips, no KL
+        assert log_probs is not None and rewards is not None
+        # Accuracy of the argmax of the logits (as on the general path), over the whole set.
+        logits = similarities.detach() / self.temperature
+        accuracy = correct.gather(1, logits.argmax(dim=1, keepdim=True)).float().mean()
+        zero = similarities.new_zeros(())  # one inner step, no reference: nothing clips, no KL
         stats = GRPOStats.from_policy(log_probs, rewards, clip_fraction=zero, kl=zero)
         return loss, {**stats.as_dict(), "accuracy": accuracy}

@@ -8,6 +8,9 @@ Times, in one run on one device:
   * the same GRPO-RM surrogate written with plain autograd ops, to show what the closed-form
     backward buys.
 
+The cases run in interleaved rounds (``--rounds``) and each reports its median, so a load change
+on a shared machine hits all cases of a round alike.
+
 Usage:
     python recipes/benchmarks/bench_loss.py [--device cuda] [--batch 512 --classes 1000 --dim 512]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds (median reported)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile case")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -108,17 +115,26 @@ def main() -> None:
     }
     if args.no_compile:
         del cases["with head: GRPORMClassificationLoss(validate=False, compile_math=True)"]
-    times = {}
-    for name, fn in cases.items():
-        for _ in range(3):  # warm-up (allocator, cuBLAS handles)
+    for fn in cases.values():
+        for _ in range(3):  # warm-up (allocator, cuBLAS handles, compilation)
             fn()
-        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
-        times[name] = timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3
+    # Interleaved rounds, median per case: on a shared machine a load change then hits every case
+    # of a round alike instead of whichever case happened to run during it.
+    rounds: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, fn in cases.items():
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+            median = timer.blocked_autorange(min_run_time=args.min_run_time / args.rounds).median
+            rounds[name].append(median * 1e3)
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(
         f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
-    print(f"batch {args.batch}, classes {args.classes}, dim {args.dim}; median forward+backward")
+    print(
+        f"batch {args.batch}, classes {args.classes}, dim {args.dim}; median forward+backward "
+        f"over {args.rounds} interleaved rounds"
+    )
     print("| case | ms | ratio to cross-entropy |")
     print("|---|---|---|")
     for case, ms in times.items():
