@@ -12,6 +12,7 @@ instead of the ~5x that a chain of autograd ops costs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,13 @@ class GRPOStats:
 
 #: Upper bound of log(pi / pi_old) before exp (rho <= e^20): keeps the ratio finite in float32.
 MAX_LOG_RATIO = 20.0
+#: Smallest ``adv_eps``: keeps ``1 / (std + eps)`` finite in float32.
+MIN_ADV_EPS = 1e-12
+#: Largest reward magnitude: group means and standard deviations stay finite in float32.
+MAX_ABS_REWARD = 1e30
+#: Floor of the reference log-probabilities in the KL: exp(-1e4) is 0, and a finite floor keeps
+#: ``log pi - log pi_ref`` finite for a reference with logits far apart (e.g. +-3e38).
+MIN_REF_LOG_PROB = -1e4
 #: Dual-clip constant c: for a negative advantage the surrogate is max(min(...), c * A).
 DUAL_CLIP = 3.0
 
@@ -222,8 +230,10 @@ class GRPORMLoss(nn.Module):
             raise ValueError(f"beta must be a finite number >= 0, got {beta}")
         if not clip_eps < float("inf"):
             raise ValueError(f"clip_eps must be finite, got {clip_eps}")
-        if not adv_eps > 0:
-            raise ValueError(f"adv_eps must be > 0, got {adv_eps}")
+        if not MIN_ADV_EPS <= adv_eps < math.inf:
+            # Smaller than this, (r - mean) / (std + eps) overflows for groups whose rewards
+            # differ by a few ulps (std ~ 1e-45): advantages of 1e38 and a NaN loss.
+            raise ValueError(f"adv_eps must be finite and >= {MIN_ADV_EPS}, got {adv_eps}")
         self.clip_eps = float(clip_eps)
         self.beta = float(beta)
         self.adv_eps = float(adv_eps)
@@ -289,7 +299,7 @@ class GRPORMLoss(nn.Module):
             else torch.log_softmax(old_logits.detach().to(compute), dim=-1)
         )
         ref_log_probs = (
-            torch.log_softmax(ref_logits.detach().to(compute), dim=-1)
+            torch.log_softmax(ref_logits.detach().to(compute), dim=-1).clamp_(min=MIN_REF_LOG_PROB)
             if ref_logits is not None and self.beta > 0
             else None
         )
@@ -304,6 +314,10 @@ class GRPORMLoss(nn.Module):
         old_logits: Tensor | None,
         ref_logits: Tensor | None,
     ) -> None:
+        given = {"logits": logits, "rewards": rewards, "old_logits": old_logits}
+        for name, value in {**given, "ref_logits": ref_logits}.items():
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if logits.dim() != 2:
             raise ValueError(
                 f"logits must have shape (batch_size, group_size), got {tuple(logits.shape)}"
@@ -320,3 +334,9 @@ class GRPORMLoss(nn.Module):
         if self.beta > 0 and ref_logits is None:
             raise ValueError(f"beta={self.beta} > 0 needs ref_logits (the reference policy)")
         check_finite({"logits": logits, **others}, hint="check the embeddings and the temperature")
+        largest = float(rewards.detach().abs().amax())
+        if largest > MAX_ABS_REWARD:
+            raise ValueError(
+                f"rewards must lie within +-{MAX_ABS_REWARD:g} (their group mean and standard "
+                f"deviation are computed in float32), got a reward of magnitude {largest:.3g}"
+            )

@@ -107,6 +107,11 @@ class GRPORMNeighborLoss(nn.Module):
         if not (out0.is_floating_point() and out1.is_floating_point()):
             raise ValueError(f"embeddings must be floating point, got {out0.dtype}, {out1.dtype}")
         check_finite({"out0": out0, "out1": out1})
+        if self.memory_bank is not None and out0.shape[1] != self.memory_bank.bank.shape[1]:
+            raise ValueError(
+                f"embeddings have dimension {out0.shape[1]}, but the memory bank holds "
+                f"{self.memory_bank.bank.shape[1]}-d embeddings of earlier batches"
+            )
         batch = out0.shape[0]
         z = F.normalize(torch.cat([out0, out1]).float(), dim=1)
         columns = in_batch_candidates(2 * batch, z.device)  # raises for a batch of one view
