@@ -281,7 +281,7 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
         # training instead of mining from a wrapped sampler. (The stage's step and the refresh
         # are DDP-ready: see lightly_grpo.distributed.)
         raise ValueError(
-            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices!r}, "
+            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices}, "
             f"num_nodes={cfg.trainer.num_nodes}"
         )
     for name in _baselines(cfg):
