@@ -273,8 +273,8 @@ def test_unnormalised_embeddings(metric: str) -> None:
 
 @pytest.mark.parametrize("threads", [1, 3, 5])
 def test_any_thread_count(threads: int) -> None:
-    # Symmetric tiles are cut into threads x threads blocks (column cuts on multiples of 8, so
-    # some blocks are empty for narrow tiles); the result must not depend on the split.
+    # Symmetric tiles are cut into row x column bands that threads claim on demand (narrow
+    # tiles into fewer bands); the result must not depend on the split or the schedule.
     x = _clustered(500, seed=14)
     reference = knn_search(x, x, 33, backend="torch", exclude_self=True)
     for symmetric in (True, False):
