@@ -26,19 +26,9 @@ __all__ = [
     "gather_views",
     "interleave_shards",
     "is_global_zero",
+    "check_equal_rows",
     "rank_shard",
-    "world_size",
 ]
-
-
-def world_size() -> int:
-    """Number of processes of the default process group (1 without one).
-
-    Examples:
-        >>> world_size()
-        1
-    """
-    return dist.world_size()
 
 
 def batch_views(batch: Any) -> int:
@@ -54,8 +44,17 @@ def batch_views(batch: Any) -> int:
     return len(images) if isinstance(images, (tuple, list)) else 1
 
 
-def _check_equal_rows(rows: int) -> None:
-    sizes = torch.tensor([rows])
+def check_equal_rows(rows: int, device: torch.device | str | None = None) -> None:
+    """ValueError unless every rank holds ``rows`` rows (one small collective; without a process
+    group it does nothing). Unequal shapes would make ``all_gather`` fail or hang. ``device``:
+    where the collective runs (NCCL needs a CUDA device; default CPU, for gloo).
+
+    Examples:
+        >>> check_equal_rows(8)  # one process: nothing to compare
+    """
+    if dist.world_size() == 1:
+        return
+    sizes = torch.tensor([rows], device=device)
     gathered = [torch.zeros_like(sizes) for _ in range(dist.world_size())]
     torch.distributed.all_gather(gathered, sizes)
     counts = [int(size) for size in gathered]
@@ -95,7 +94,7 @@ def gather_views(x: Tensor, num_views: int = 1, check: bool = True) -> Tensor:
     if dist.world_size() == 1:
         return x
     if check:
-        _check_equal_rows(x.shape[0])
+        check_equal_rows(x.shape[0], x.device)
     per_rank = dist.gather(x.contiguous())  # W tensors (V * b, ...)
     views = [rank_rows.chunk(num_views) for rank_rows in per_rank]
     return torch.cat([views[r][v] for v in range(num_views) for r in range(len(views))])

@@ -10,9 +10,10 @@ import pytorch_lightning as pl  # noqa: F401  (used in the docstring example)
 import torch
 import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad
+from lightly.utils import dist
 from torch import Tensor, nn
 
-from lightly_grpo.distributed import batch_views, gather_views, world_size
+from lightly_grpo.distributed import batch_views, check_equal_rows, gather_views
 from lightly_grpo.embedding import batch_items, unpack_batch
 from lightly_grpo.losses.classification import GRPORMClassificationLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
@@ -214,12 +215,11 @@ class GRPORMStage(PostTrainingModule):
         images, labels = unpack_batch(batch, require_labels=self.requires_labels)
         items = batch_items(batch) if self.criterion.output_set.requires_items else None
         views = batch_views(batch)
-        gather = self.gather_distributed and world_size() > 1
+        gather = self.gather_distributed and dist.world_size() > 1
         if gather:  # the global batch on every rank, in one process's order
-            labels = None if labels is None else gather_views(labels, views)
-            items = None if items is None else gather_views(torch.as_tensor(items), 1)
-        # One size check per step (unequal shards would make all_gather fail or hang).
-        check_rows = gather and labels is None and items is None
+            check_equal_rows(len(images), images.device)  # once per step; the gathers skip it
+            labels = None if labels is None else gather_views(labels, views, check=False)
+            items = None if items is None else gather_views(torch.as_tensor(items), 1, check=False)
         if self.reference is not None:
             self.reference.eval()
         ref_logits = old_logits = group_index = None
@@ -229,7 +229,7 @@ class GRPORMStage(PostTrainingModule):
         for step in range(self.inner_steps):
             embeddings = self(images)  # validated (NaN/inf, labels) inside the criterion
             if gather:
-                embeddings = gather_views(embeddings, views, check=check_rows and step == 0)
+                embeddings = gather_views(embeddings, views, check=False)
             if step == 0 and (self.reference is not None or self.inner_steps > 1):
                 # One detached pass over the whole group serves the reference policy, the frozen
                 # old policy and the group sample (once per batch, as GRPO samples per prompt).
