@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightly.utils import dist
 from torch import Tensor, nn
 
+from lightly_grpo.distributed import check_equal_rows, gather_views
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
 from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.validation import check_labels
@@ -153,6 +155,9 @@ class MetricLossBaseline(PostTrainingModule):
         loss: e.g. ``pytorch_metric_learning.losses.SupConLoss(temperature=0.1)`` or
             ``ProxyAnchorLoss(num_classes, embedding_size)``; its parameters (proxies) train
             with ``lr_criterion``.
+        gather_distributed: Under DDP, compute the loss on every rank's embeddings and labels
+            (gathered with gradients, as :class:`~lightly_grpo.stage.GRPORMStage` does), so the
+            pairs and negatives span the global batch and a step equals one process's on it.
         **kwargs: Settings of :class:`~lightly_grpo.posttraining.PostTrainingModule`.
 
     Examples:
@@ -161,8 +166,11 @@ class MetricLossBaseline(PostTrainingModule):
         >>> model = MetricLossBaseline(resnet18_small(), SupConLoss(temperature=0.1))
     """
 
-    def __init__(self, backbone: nn.Module, loss: nn.Module, **kwargs: Any) -> None:
+    def __init__(
+        self, backbone: nn.Module, loss: nn.Module, gather_distributed: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(backbone, loss, **kwargs)
+        self.gather_distributed = gather_distributed
 
     def can_predict_classes(self) -> bool:
         # A proxy loss (ProxyAnchor, ProxyNCA) has one learned proxy per class: its classifier.
@@ -182,4 +190,11 @@ class MetricLossBaseline(PostTrainingModule):
         self, images: Tensor, labels: Tensor | None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         assert labels is not None
-        return self.criterion(self(images), labels), {}
+        embeddings = self(images)
+        if self.gather_distributed and dist.world_size() > 1:
+            # Rank-major rows (rank 0's views, then rank 1's): pair and proxy losses sum over
+            # anchors and pairs, so the row order does not change the loss.
+            check_equal_rows(len(images), images.device)
+            embeddings = gather_views(embeddings, check=False)
+            labels = gather_views(labels.to(embeddings.device), check=False)
+        return self.criterion(embeddings, labels), {}

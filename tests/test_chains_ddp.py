@@ -2,7 +2,7 @@
 
 Two gloo processes embed an evaluation split through :func:`embed_dataset` (each sees only its
 strided shard, both receive the whole split in dataset order), and the ``posttrain`` command runs
-end to end with Lightning's ``--strategy ddp --devices 2`` on the CPU.
+end to end with Lightning's ``--strategy ddp --devices 2`` on the CPU, labeled and unlabeled.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
@@ -21,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from lightly_grpo.chains.config import EvalConfig
 from lightly_grpo.chains.evaluate import embed_dataset
+from lightly_grpo.data import NeighborBatchSampler
 
 ITEMS = 11  # not a multiple of the world size: shards of 6 and 5, padded for all_gather
 
@@ -69,32 +71,42 @@ def test_evaluation_embeds_one_shard_per_rank_and_gathers_the_split(tmp_path: Pa
         assert torch.equal(result["labels"], labels)
 
 
-def test_posttrain_command_under_lightning_ddp(tmp_path: Path) -> None:
-    small = ["--dataset", "digits", "--input-size", "16", "--no-progress", "--accelerator", "cpu"]
-    tiny_eval = ["--eval-train-images", "300", "--eval-test-images", "120"]
+SMALL = ["--dataset", "digits", "--input-size", "16", "--no-progress", "--accelerator", "cpu"]
+TINY_EVAL = ["--eval-train-images", "300", "--eval-test-images", "120"]
+RUN = [sys.executable, "-m", "lightly_grpo.cli"]
+
+
+def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    run = [sys.executable, "-m", "lightly_grpo.cli"]
-    pretrain = [*run, "pretrain", *small, "--pretrain-out", str(tmp_path / "simclr")]
-    pretrain += [
-        "--pretrain-epochs",
-        "1",
-        "--pretrain-images",
-        "128",
-        "--pretrain-batch-size",
-        "64",
-    ]
-    subprocess.run(pretrain, check=True, env=env, capture_output=True, timeout=600)
-    out = tmp_path / "grpo"
-    posttrain = [*run, "posttrain", str(tmp_path / "simclr" / "simclr.ckpt"), *small, *tiny_eval]
-    posttrain += ["--out", str(out), "--epochs", "1", "--label-fraction", "0.1"]
-    posttrain += ["--batch-size", "32", "--devices", "2", "--strategy", "ddp"]
-    done = subprocess.run(posttrain, env=env, capture_output=True, text=True, timeout=900)
+    return env
+
+
+@pytest.fixture(scope="module")
+def simclr_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("simclr")
+    pretrain = [*RUN, "pretrain", *SMALL, "--pretrain-out", str(folder)]
+    pretrain += ["--pretrain-epochs", "1", "--pretrain-images", "128"]
+    pretrain += ["--pretrain-batch-size", "64"]
+    subprocess.run(pretrain, check=True, env=_env(), capture_output=True, timeout=600)
+    return folder / "simclr.ckpt"
+
+
+def _posttrain_ddp(checkpoint: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*RUN, "posttrain", str(checkpoint), *SMALL, *TINY_EVAL, "--out", str(out), *args]
+    command += ["--devices", "2", "--strategy", "ddp"]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     # Both ranks ran the command; only rank 0 scored and printed the report line.
     assert done.stdout.count("report: ") == 1, done.stdout
     assert "GLOBAL_RANK: 1" in done.stderr + done.stdout  # a second process really trained
+    return done
+
+
+def test_posttrain_command_under_lightning_ddp(simclr_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grpo"
+    _posttrain_ddp(simclr_checkpoint, out, "--epochs", "1", "--label-fraction", "0.1")
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert set(metrics) == {"Pretrained backbone", "GRPO-RM"}
     for model in metrics.values():
@@ -102,3 +114,57 @@ def test_posttrain_command_under_lightning_ddp(tmp_path: Path) -> None:
     saved = json.loads((out / "config.json").read_text())
     assert saved["trainer"]["devices"] == "2" and saved["trainer"]["strategy"] == "ddp"
     assert (out / "backbone.pt").is_file() and (out / "grpo.ckpt").is_file()
+
+
+def test_unlabeled_posttrain_mines_one_share_of_the_batches_per_rank(
+    simclr_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "neighbors"
+    epochs, images, batch = 2, 96, 16
+    _posttrain_ddp(
+        simclr_checkpoint,
+        out,
+        *["--output-set", "neighbors", "--unlabeled-images", str(images), "--num-neighbors", "5"],
+        *["--epochs", str(epochs), "--batch-size", str(batch), "--refresh-every", "1"],
+        *["--baselines", "simclr"],
+    )
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"Pretrained backbone", "continued SimCLR", "GRPO-RM"}
+    for model in metrics.values():
+        for key in ("cluster_acc", "nmi", "neighbor_purity", "knn_top1_lightly"):
+            assert 0.0 <= model[key] <= 1.0, key
+    saved = json.loads((out / "config.json").read_text())
+    # 96 images in mined batches of 8 anchors: 12 batches an epoch, 6 on each of the 2 ranks
+    # (one process would take 12 steps an epoch).
+    table = torch.load(out / "grpo.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    neighbors = table["criterion.output_set.neighbors"]
+    per_rank = len(NeighborBatchSampler(neighbors, batch, num_replicas=2, rank=0))
+    assert per_rank == 6
+    inner = saved["inner_steps"]
+    assert saved["run"]["steps"] == epochs * per_rank * inner
+    # The output set was refreshed by the gathered bank: a full, valid table on disk.
+    assert neighbors.shape[0] == images and int(neighbors.min()) >= 0
+    # Continued SimCLR took as many (global) batches as GRPO-RM, also sharded across the ranks.
+    simclr = out / "baselines" / "simclr" / "checkpoints" / "last.ckpt"
+    assert torch.load(simclr, map_location="cpu", weights_only=True)["global_step"] == (
+        epochs * per_rank
+    )
+    assert (out / "backbone.pt").is_file()
+
+
+def test_unlabeled_kmeans_posttrain_shards_its_shuffled_batches(
+    simclr_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "kmeans"
+    _posttrain_ddp(
+        simclr_checkpoint,
+        out,
+        *["--output-set", "kmeans", "--unlabeled-images", "96", "--epochs", "1"],
+        *["--batch-size", "16", "--refresh-every", "1"],
+    )
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["GRPO-RM"]["policy_cluster_acc"] <= 1.0
+    saved = json.loads((out / "config.json").read_text())
+    # Lightning's DistributedSampler: 48 of the 96 images per rank, 3 batches of 16 (one
+    # process would take 6).
+    assert saved["run"]["steps"] == 3 * saved["inner_steps"]

@@ -327,3 +327,27 @@ def test_a_refresh_also_updates_the_batch_sampler(tmp_path: Path) -> None:
     assert torch.equal(torch.from_numpy(sampler._neighbors), output_set.neighbors)
     with pytest.raises(ValueError, match=r"shape \(24, >= 1\), got \(4, 3\)"):
         sampler.set_neighbors(output_set.neighbors[:4] % 4)
+
+
+def test_training_mines_from_the_modules_table_not_the_one_the_sampler_was_built_with(
+    tmp_path: Path,
+) -> None:
+    # Under DDP the module's table is rank 0's (broadcast when Lightning wraps the module) and
+    # on resume the checkpoint's: the sampler, built before fit, must follow it.
+    from lightly_grpo.data import NeighborBatchSampler
+    from lightly_grpo.output_sets import MineFromOutputSet
+
+    torch.manual_seed(0)
+    train, bank_data = _two_view_dataset()
+    output_set = NeighborOutputSet(24, 8, num_neighbors=3)
+    stage = GRPORMStage(_Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train")
+    output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
+    # Another valid table of the same items: i's neighbours are i + 1, i + 2, i + 3 (mod 24).
+    stale = (torch.arange(24)[:, None] + torch.arange(1, 4)[None, :]) % 24
+    assert not torch.equal(stale, output_set.neighbors)
+    sampler = NeighborBatchSampler(stale, batch_size=8, seed=0)
+    loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)
+    fit_steps(stage, loader, tmp_path / "without", steps=1)
+    assert torch.equal(torch.from_numpy(sampler._neighbors), stale)  # nothing re-points it
+    fit_steps(stage, loader, tmp_path / "with", steps=1, callbacks=[MineFromOutputSet()])
+    assert torch.equal(torch.from_numpy(sampler._neighbors), output_set.neighbors)

@@ -1,9 +1,10 @@
 """Lightning DDP (gloo, 2 CPU processes): a stage step equals one process's global-batch step.
 
-Each output set is fitted for one step twice: with ``strategy="ddp", devices=2`` in two processes
-(every rank gets half of the global batch from Lightning's ``DistributedSampler``) and in one
-process on the same global batch in the order the gather rebuilds. The loss and every parameter
-gradient (after DDP's averaging) must agree to float32 rounding.
+Each output set, and each pytorch-metric-learning baseline (SupCon, ProxyAnchor), is fitted for
+one step twice: with ``strategy="ddp", devices=2`` in two processes (every rank gets half of the
+global batch from Lightning's ``DistributedSampler``) and in one process on the same global batch
+in the order the gather rebuilds. The loss and every parameter gradient (after DDP's averaging)
+must agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import pytorch_lightning as pl
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from pytorch_metric_learning.losses import ProxyAnchorLoss, SupConLoss
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightly_grpo.baselines import MetricLossBaseline
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets import KMeansPrototypes, NeighborOutputSet
+from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.stage import GRPORMStage
 
 ITEMS, PER_RANK, DIM = 16, 8, 8
@@ -65,9 +69,16 @@ class RecordStep(pl.Callback):
         torch.save(record, self.out / f"rank{trainer.global_rank}_of{trainer.world_size}.pt")
 
 
-def _stage(output_set: str, gather: bool = True) -> GRPORMStage:
+def _stage(output_set: str, gather: bool = True) -> PostTrainingModule:
     torch.manual_seed(0)  # identical weights in every run
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, DIM))
+    if output_set in ("supcon", "proxyanchor"):  # the pytorch-metric-learning baselines
+        loss: Any = (
+            SupConLoss(temperature=0.1)
+            if output_set == "supcon"
+            else ProxyAnchorLoss(num_classes=3, embedding_size=DIM)
+        )
+        return MetricLossBaseline(backbone, loss, gather_distributed=gather)
     if output_set == "classes":
         stage = GRPORMStage(backbone, num_classes=3, embedding_size=DIM, gather_distributed=gather)
         stage.init_criterion(DataLoader(TwoViews(), batch_size=ITEMS))
@@ -83,10 +94,17 @@ def _stage(output_set: str, gather: bool = True) -> GRPORMStage:
     return GRPORMStage(backbone, criterion=criterion, gather_distributed=gather)
 
 
-CASES = {"classes": True, "neighbors": True, "kmeans": True, "neighbors-local": False}
+CASES = {
+    "classes": True,
+    "neighbors": True,
+    "kmeans": True,
+    "supcon": True,
+    "proxyanchor": True,
+    "neighbors-local": False,
+}
 
 
-def _fit(stage: GRPORMStage, loader: DataLoader[Any], out: Path, devices: int) -> None:
+def _fit(stage: PostTrainingModule, loader: DataLoader[Any], out: Path, devices: int) -> None:
     trainer = pl.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -147,7 +165,7 @@ def _records(root: Path, case: str) -> tuple[list[dict], dict]:
     return ranks, torch.load(root / case / "rank0_of1.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("output_set", ["classes", "neighbors", "kmeans"])
+@pytest.mark.parametrize("output_set", ["classes", "neighbors", "kmeans", "supcon", "proxyanchor"])
 def test_ddp_step_equals_one_process_on_the_global_batch(
     output_set: str, ddp_records: Path
 ) -> None:

@@ -172,9 +172,17 @@ def check_not_posttrained(path: str | os.PathLike[str]) -> None:
 
 
 def make_trainer(
-    cfg: TrainerConfig, out_dir: Path, epochs: int, callbacks: Sequence[pl.Callback] = ()
+    cfg: TrainerConfig,
+    out_dir: Path,
+    epochs: int,
+    callbacks: Sequence[pl.Callback] = (),
+    use_distributed_sampler: bool = True,
 ) -> pl.Trainer:
     """A Trainer writing checkpoints (``out_dir/checkpoints``) and a CSV log (``out_dir/logs``).
+
+    ``use_distributed_sampler``: Lightning's flag; False for training loaders that shard
+    themselves under DDP (a :class:`~lightly_grpo.data.NeighborBatchSampler`), which Lightning
+    would otherwise try to rebuild around its ``DistributedSampler``.
 
     One checkpoint file is kept on disk, the latest epoch's; ``last.ckpt`` is a link to it
     rather than a second copy (a post-training checkpoint holds the policy, the frozen reference
@@ -203,6 +211,7 @@ def make_trainer(
         enable_model_summary=False,
         log_every_n_steps=5,
         num_sanity_val_steps=0,
+        use_distributed_sampler=use_distributed_sampler,
     )
 
 

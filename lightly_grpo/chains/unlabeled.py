@@ -57,6 +57,7 @@ from lightly_grpo.data.indexed import IndexedDataset
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
 from lightly_grpo.data.splits import random_subset
 from lightly_grpo.data.transforms import simclr_transform
+from lightly_grpo.distributed import is_global_zero
 from lightly_grpo.embedding import eval_mode
 from lightly_grpo.evaluation.clustering import (
     clustering_scores,
@@ -67,7 +68,7 @@ from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.methods import method_spec
 from lightly_grpo.output_sets.kmeans_prototypes import KMeansPrototypes
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet
-from lightly_grpo.output_sets.refresh import OutputSetRefresh, embed_bank
+from lightly_grpo.output_sets.refresh import MineFromOutputSet, OutputSetRefresh, embed_bank
 from lightly_grpo.pretrain.simclr import SimCLRModule
 from lightly_grpo.rewards import build_reward, neighbor_reward
 from lightly_grpo.stage import GRPORMStage
@@ -157,11 +158,18 @@ def build_unlabeled_stage(
     return stage_from_config(cfg, backbone, criterion)
 
 
+def _mines_neighbors(cfg: PosttrainConfig) -> bool:
+    """Whether the training batches are neighbour-mined (:class:`NeighborBatchSampler`)."""
+    return cfg.output_set == "neighbors" and cfg.train_classes is None
+
+
 def _train_loader(cfg: PosttrainConfig, data: UnlabeledData, stage: GRPORMStage) -> DataLoader[Any]:
     output_set = stage.criterion.output_set
-    if isinstance(output_set, NeighborOutputSet) and cfg.train_classes is None:
+    if _mines_neighbors(cfg) and isinstance(output_set, NeighborOutputSet):
         # Half of every batch is one reference neighbour of the other half: a random batch of
-        # 256 out of 60,000 images holds almost no neighbours to reward.
+        # 256 out of 60,000 images holds almost no neighbours to reward. Under DDP the sampler
+        # reads its rank when iterated (Lightning starts the process group inside fit) and each
+        # rank takes every W-th batch: a global batch is W mined batches.
         batch_size = min(cfg.batch_size, len(data.indices))
         sampler = NeighborBatchSampler(
             output_set.neighbors.cpu(), batch_size, seed=cfg.data.seed, drop_last=True
@@ -178,6 +186,8 @@ def continued_simclr(cfg: PosttrainConfig) -> SimCLRModule:
         weights_only=True,
         backbone=_load_backbone(cfg),
         lr=cfg.lr_backbone,
+        # Under DDP its negatives are the global batch, as GRPO-RM's groups are.
+        gather_distributed=True,
     )
     return module
 
@@ -202,9 +212,21 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     num_classes = len(np.unique(dataset_labels(eval_split(cfg.data, "test"))))
     stage = build_unlabeled_stage(cfg, backbone, len(data.indices), num_classes)
     history = EpochHistory()
-    trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs, [history, *_refresh(cfg, data)])
+    callbacks = [history, *_refresh(cfg, data)]
+    if _mines_neighbors(cfg) and cfg.refresh_every <= 0:  # (the refresh callback does it too)
+        callbacks.append(MineFromOutputSet())
+    trainer = make_trainer(
+        cfg.trainer,
+        out_dir,
+        cfg.epochs,
+        callbacks,
+        use_distributed_sampler=not _mines_neighbors(cfg),
+    )
     stage.to(trainer.strategy.root_device)
     started = time.perf_counter()
+    # Before fit there is no process group yet, so every DDP rank embeds the whole bank once;
+    # when Lightning wraps the module, DDP broadcasts rank 0's output set to the others (the
+    # refreshes during training are split across ranks).
     bank = embed_bank(
         stage, data.bank, cfg.eval.batch_size, cfg.data.num_workers, cfg.trainer.progress
     )
@@ -219,10 +241,12 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
         stage.recompute_batchnorm(unlabeled_loader(cfg))
     stage.eval()
     outputs = RunOutputs(
-        checkpoint=save_final_checkpoint(trainer, out_dir / "grpo.ckpt"),
-        backbone=export_backbone(stage.backbone, out_dir / "backbone.pt"),
+        checkpoint=save_final_checkpoint(trainer, out_dir / "grpo.ckpt"),  # collective under DDP
+        backbone=out_dir / "backbone.pt",
         history=history.rows,
     )
+    if is_global_zero():  # under DDP every rank holds the same weights; rank 0 writes
+        export_backbone(stage.backbone, out_dir / "backbone.pt")
     models: dict[str, nn.Module] = {PRETRAINED_NAME: reference}
     for name in _baselines(cfg):
         if name == "simclr":
@@ -240,11 +264,14 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
         "train_seconds": round(train_seconds, 1),
         "output_set_init_seconds": round(init_seconds, 1),
     }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    if is_global_zero():
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     if evaluate:
         output_set = stage.criterion.output_set
         clusters = output_set if isinstance(output_set, KMeansPrototypes) else None
         evaluations = _evaluate(cfg, models, trainer.strategy.root_device, clusters)
+        if evaluations is None:
+            return outputs  # a DDP rank other than 0: it embedded its shards; rank 0 reports
         title = (
             f"GRPO-RM unlabeled post-training report ({cfg.output_set})"
             if cfg.train_classes is None
@@ -276,14 +303,6 @@ def _check_unlabeled_config(cfg: PosttrainConfig) -> None:
         )
     if retrieval and len(set(cfg.train_classes or [])) < 2:
         raise ValueError(f"train_classes needs at least 2 classes, got {cfg.train_classes}")
-    if str(cfg.trainer.devices).strip() != "1" or cfg.trainer.num_nodes != 1:
-        # The neighbour-mined batches are not wired to Lightning's DDP sampler yet: fail before
-        # training instead of mining from a wrapped sampler. (The stage's step and the refresh
-        # are DDP-ready: see lightly_grpo.distributed.)
-        raise ValueError(
-            f"the unlabeled chain runs on one device, got devices={cfg.trainer.devices}, "
-            f"num_nodes={cfg.trainer.num_nodes}"
-        )
     for name in _baselines(cfg):
         if name == "simclr":
             _check_simclr_checkpoint(cfg.checkpoint)
@@ -397,7 +416,9 @@ def _evaluate(
     models: dict[str, nn.Module],
     device: torch.device,
     clusters: KMeansPrototypes | None,
-) -> dict[str, EmbeddingEvaluation]:
+) -> dict[str, EmbeddingEvaluation] | None:
+    """Every model's evaluation with the clustering scores; None on a DDP rank other than 0
+    (every rank embeds its shard of the splits, rank 0 scores)."""
     data = _evaluation_data(cfg)
     evaluations = {}
     for name, backbone in models.items():
@@ -406,7 +427,8 @@ def _evaluate(
             evaluation = evaluate_embeddings(
                 name, backbone_embed_fn(backbone), data, cfg.eval, device
             )
-        assert evaluation is not None  # the unlabeled chain runs in one process
+        if evaluation is None:
+            continue  # not rank 0; the next model's embedding still needs this rank's shard
         queries, labels = evaluation.embeddings, evaluation.labels
         metrics = evaluation.result.metrics
         metrics.update(
@@ -419,4 +441,4 @@ def _evaluate(
             scores = clustering_scores(policy, labels)
             metrics.update({f"policy_{key}": value for key, value in scores.items()})
         evaluations[name] = evaluation
-    return evaluations
+    return evaluations if len(evaluations) == len(models) else None

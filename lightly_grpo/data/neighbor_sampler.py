@@ -35,6 +35,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightly.utils import dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
@@ -59,7 +60,7 @@ def _neighbor_table(neighbors: object) -> np.ndarray:
         raise ValueError(
             "neighbors must be an (N, k) integer tensor, got a sampler "
             f"({type(neighbors).__name__}); under Lightning DDP build the Trainer with "
-            "use_distributed_sampler=False and pass num_replicas/rank to NeighborBatchSampler"
+            "use_distributed_sampler=False (the sampler reads its rank from the process group)"
         )
     if isinstance(neighbors, Tensor):
         if neighbors.dtype.is_floating_point or neighbors.dtype.is_complex:
@@ -129,8 +130,11 @@ class NeighborBatchSampler(Sampler[list[int]]):
     Distributed training: all ranks draw the same permutation and the same batches, and rank r
     takes batches ``r, r + num_replicas, ...``. Each rank gets ``floor(batches / num_replicas)``
     batches, so the tail batches that do not fill a round are dropped on every rank, also with
-    ``drop_last=False``. Under Lightning DDP build the ``Trainer`` with
-    ``use_distributed_sampler=False`` and pass ``num_replicas``/``rank`` here.
+    ``drop_last=False``. Left at None, ``num_replicas`` and ``rank`` are read from the default
+    process group each time the sampler is iterated or measured (as
+    ``torch.utils.data.DistributedSampler`` reads them, but late), so a sampler built before
+    Lightning starts its processes shards once they run. Under Lightning DDP build the
+    ``Trainer`` with ``use_distributed_sampler=False``, or Lightning tries to replace it.
 
     Use it as ``DataLoader(dataset, batch_sampler=sampler)``. Lightning calls ``set_epoch`` on
     ``loader.batch_sampler.sampler``, so :attr:`sampler` is the sampler itself and every epoch
@@ -144,14 +148,17 @@ class NeighborBatchSampler(Sampler[list[int]]):
         neighbors_per_anchor: Neighbours following each anchor, in ``[1, k]``.
         drop_last: Drop the last, shorter batch of an epoch (see above).
         seed: Non-negative base seed shared by all ranks.
-        num_replicas: Number of distributed processes.
-        rank: This process's rank in ``[0, num_replicas)``.
+        num_replicas: Number of distributed processes; None: the process group's world size
+            when iterated (1 without one).
+        rank: This process's rank in ``[0, num_replicas)``; None: the process group's rank when
+            iterated (0 without one).
 
     Raises:
         ValueError: On a malformed neighbour table (not 2-D, not integer, values outside
             ``[0, N)``, an item listed as its own neighbour), a batch size below
             ``1 + neighbors_per_anchor`` or above N, ``neighbors_per_anchor`` above k, a bad
-            seed/rank, or too few items for one batch per rank.
+            seed/rank, or too few items for one batch per rank (for a world read from the
+            process group: when iterated or measured).
 
     Examples:
         >>> neighbors = torch.tensor([[1, 2], [0, 2], [3, 0], [2, 4], [3, 1]])
@@ -174,8 +181,8 @@ class NeighborBatchSampler(Sampler[list[int]]):
         neighbors_per_anchor: int = 1,
         drop_last: bool = True,
         seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         super().__init__()
         table = _neighbor_table(neighbors)
@@ -199,11 +206,10 @@ class NeighborBatchSampler(Sampler[list[int]]):
             )
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last must be a bool, got {drop_last!r}")
-        replicas = _check_int(num_replicas, "num_replicas", 1)
-        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        if num_replicas is not None:
+            num_replicas = _check_int(num_replicas, "num_replicas", 1)
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))):
             raise ValueError(f"rank must be an integer, got {rank!r}")
-        if not 0 <= rank < replicas:
-            raise ValueError(f"rank must lie in [0, num_replicas = {replicas}), got {rank}")
 
         self._neighbors = table
         self.num_items = int(num_items)
@@ -212,21 +218,41 @@ class NeighborBatchSampler(Sampler[list[int]]):
         self.neighbors_per_anchor = per_anchor
         self.drop_last = drop_last
         self.seed = _check_int(seed, "seed", 0)
-        self.num_replicas = replicas
-        self.rank = int(rank)
+        self._num_replicas = num_replicas
+        self._rank = None if rank is None else int(rank)
         self.epoch = 0
         self.group_size = 1 + per_anchor
         self.groups_per_batch = batch // self.group_size
         self.anchors_per_batch = self.groups_per_batch + batch % self.group_size
         divide = math.ceil if not drop_last else math.floor
         self.batches_per_epoch = int(divide(self.num_items / self.anchors_per_batch))
-        self._length = self.batches_per_epoch // replicas
-        if self._length == 0:
+        self._world()  # explicit (or already known) settings fail here, before any training
+
+    @property
+    def num_replicas(self) -> int:
+        """Processes the batches are split across (read from the process group when None was
+        passed)."""
+        return self._world()[0]
+
+    @property
+    def rank(self) -> int:
+        """This process's share of the batches (read from the process group when None was
+        passed)."""
+        return self._world()[1]
+
+    def _world(self) -> tuple[int, int]:
+        """``(num_replicas, rank)``, validated; unset ones from the default process group."""
+        replicas = dist.world_size() if self._num_replicas is None else self._num_replicas
+        rank = dist.rank() if self._rank is None else self._rank
+        if not 0 <= rank < replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas = {replicas}), got {rank}")
+        if self.batches_per_epoch < replicas:
             raise ValueError(
-                f"N = {num_items} items make {self.batches_per_epoch} batches of "
-                f"{self.anchors_per_batch} anchors (batch_size = {batch}), fewer than one per "
-                f"rank for num_replicas = {replicas}"
+                f"N = {self.num_items} items make {self.batches_per_epoch} batches of "
+                f"{self.anchors_per_batch} anchors (batch_size = {self.batch_size}), fewer than "
+                f"one per rank for num_replicas = {replicas}"
             )
+        return replicas, rank
 
     @property
     def sampler(self) -> NeighborBatchSampler:
@@ -247,7 +273,7 @@ class NeighborBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         """Number of batches this rank yields per epoch."""
-        return self._length
+        return self.batches_per_epoch // self._world()[0]
 
     def set_neighbors(self, neighbors: Tensor) -> None:
         """Mines later batches from a new neighbour table of the same N items (and k >= the
@@ -266,8 +292,10 @@ class NeighborBatchSampler(Sampler[list[int]]):
         self.k = int(table.shape[1])
 
     def __iter__(self) -> Iterator[list[int]]:
+        replicas, rank = self._world()
+        rounds = self.batches_per_epoch // replicas
         permutation = np.random.default_rng(self.seed + self.epoch).permutation(self.num_items)
-        for index in range(self.rank, self._length * self.num_replicas, self.num_replicas):
+        for index in range(rank, rounds * replicas, replicas):
             yield self._batch(permutation, index)
 
     def _batch(self, permutation: np.ndarray, index: int) -> list[int]:

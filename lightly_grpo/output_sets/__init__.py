@@ -16,12 +16,13 @@ from lightly_grpo.output_sets.base import (
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
 from lightly_grpo.output_sets.kmeans_prototypes import KMeansPrototypes
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet, in_batch_candidates
-from lightly_grpo.output_sets.refresh import OutputSetRefresh, embed_bank
+from lightly_grpo.output_sets.refresh import MineFromOutputSet, OutputSetRefresh, embed_bank
 
 __all__ = [
     "ClassPrototypes",
     "KMeansPrototypes",
     "KeyedOutputSet",
+    "MineFromOutputSet",
     "NeighborOutputSet",
     "OutputGroup",
     "OutputSet",

@@ -23,7 +23,13 @@ from lightly_grpo.embedding import embed_loader, eval_mode
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet
 
 # interleave_shards moved to lightly_grpo.distributed; re-exported for existing imports.
-__all__ = ["OutputSetRefresh", "embed_bank", "interleave_shards"]
+__all__ = [
+    "MineFromOutputSet",
+    "OutputSetRefresh",
+    "embed_bank",
+    "interleave_shards",
+    "mine_from_output_set",
+]
 
 
 @torch.no_grad()
@@ -60,6 +66,35 @@ def embed_bank(
             require_labels=False,
         )
     return gather_shards(embeddings.to(module.device), total)
+
+
+def mine_from_output_set(trainer: pl.Trainer | None, pl_module: Any) -> bool:
+    """Points the trainer's :class:`~lightly_grpo.data.NeighborBatchSampler` at the neighbour
+    table of the module's output set; returns whether there was one to point.
+
+    The sampler is built from a table before ``fit``; by the time training starts the module may
+    hold another one: restored from a checkpoint, or (under DDP) broadcast from rank 0 when
+    Lightning wraps the module, so every rank mines from the table the loss rewards.
+    """
+    output_set = getattr(getattr(pl_module, "criterion", None), "output_set", None)
+    sampler = getattr(getattr(trainer, "train_dataloader", None), "batch_sampler", None)
+    if isinstance(sampler, NeighborBatchSampler) and isinstance(output_set, NeighborOutputSet):
+        sampler.set_neighbors(output_set.neighbors.cpu())
+        return True
+    return False
+
+
+class MineFromOutputSet(pl.Callback):
+    """At the start of training, mines the neighbour batches from the module's own (restored or
+    rank-0-broadcast) table: :func:`mine_from_output_set` as a callback, for runs without an
+    :class:`OutputSetRefresh` (which does the same).
+
+    Examples:
+        >>> trainer = pl.Trainer(callbacks=[MineFromOutputSet()])  # doctest: +SKIP
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mine_from_output_set(trainer, pl_module)
 
 
 class OutputSetRefresh(pl.Callback):
@@ -114,9 +149,7 @@ class OutputSetRefresh(pl.Callback):
         started = time.perf_counter()
         bank = embed_bank(pl_module, self.dataset, self.batch_size, self.num_workers, self.progress)
         output_set.refresh(bank)
-        sampler = getattr(getattr(trainer, "train_dataloader", None), "batch_sampler", None)
-        if isinstance(sampler, NeighborBatchSampler) and isinstance(output_set, NeighborOutputSet):
-            sampler.set_neighbors(output_set.neighbors.cpu())
+        mine_from_output_set(trainer, pl_module)
         seconds = time.perf_counter() - started
         self.seconds.append(seconds)
         return seconds
@@ -124,10 +157,7 @@ class OutputSetRefresh(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run restores the refreshed table from its checkpoint after the loader was
         # built from the pretrained one: mine from the restored table.
-        output_set = getattr(getattr(pl_module, "criterion", None), "output_set", None)
-        sampler = getattr(getattr(trainer, "train_dataloader", None), "batch_sampler", None)
-        if isinstance(sampler, NeighborBatchSampler) and isinstance(output_set, NeighborOutputSet):
-            sampler.set_neighbors(output_set.neighbors.cpu())
+        mine_from_output_set(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

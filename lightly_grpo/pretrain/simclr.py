@@ -31,6 +31,9 @@ class SimCLRModule(pl.LightningModule):
         lr: AdamW learning rate (cosine schedule with warmup).
         weight_decay: AdamW weight decay (not on norms and biases).
         warmup_steps: Linear warmup steps.
+        gather_distributed: Under DDP, gather every rank's projections so the negatives are the
+            global batch (lightly's ``NTXentLoss(gather_distributed=True)``); no effect in one
+            process.
 
     Examples:
         >>> import torch
@@ -49,12 +52,13 @@ class SimCLRModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         warmup_steps: int = 0,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(feature_dim, hidden_dim, output_dim)
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.projection_head(self.backbone(images).flatten(start_dim=1))
