@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 from lightly.utils import dist
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "batch_views",
+    "broadcast_buffers",
     "gather_shards",
     "gather_views",
     "interleave_shards",
@@ -170,3 +171,18 @@ def gather_shards(local: Tensor, total: int, device: torch.device | str | None =
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     torch.distributed.all_gather(gathered, padded)
     return interleave_shards(gathered, total).to(local.device)
+
+
+@torch.no_grad()
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copies every buffer of ``module`` from rank ``src`` to the other ranks, in place (nothing
+    without a process group). For state that DDP is told not to broadcast at every forward (an
+    output set's neighbour table or centroids), synchronised at the moments it changes instead.
+
+    Examples:
+        >>> broadcast_buffers(nn.BatchNorm1d(4))  # one process: nothing to copy
+    """
+    if dist.world_size() == 1:
+        return
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer, src=src)

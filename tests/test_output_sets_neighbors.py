@@ -120,6 +120,24 @@ def test_config_and_state_dict_round_trip() -> None:
     assert isinstance(rebuilt, NeighborOutputSet) and not rebuilt.initialized
     rebuilt.load_state_dict(output_set.state_dict())
     assert torch.equal(rebuilt.neighbors, output_set.neighbors)
+    assert rebuilt.initialized
+
+
+def test_loading_an_empty_table_is_refused_though_a_full_one_was_seen() -> None:
+    # `initialized` is cached on the host (a scan per batch costs O(N)); a loaded state dict
+    # must clear the cache, or a step would index rows of -1s.
+    output_set = NeighborOutputSet(12, 8, num_neighbors=2)
+    empty = {name: value.clone() for name, value in output_set.state_dict().items()}
+    output_set.initialize(_clusters())
+    assert output_set.initialized
+    output_set.load_state_dict(empty)
+    with pytest.raises(ValueError, match="no neighbour table yet"):
+        output_set.group(torch.randn(4, 8), items=torch.tensor([0, 1]))
+    # A table copied in by hand is found by the scan.
+    output_set.neighbors.copy_((torch.arange(12)[:, None] + torch.tensor([[1, 2]])) % 12)
+    assert (
+        output_set.group(torch.randn(4, 8), items=torch.tensor([0, 1])).similarities.shape[0] == 4
+    )
 
 
 def test_mask_reward_and_uniformity_spare_the_positives() -> None:

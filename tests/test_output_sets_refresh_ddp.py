@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from lightly_grpo.distributed import broadcast_buffers
 from lightly_grpo.output_sets import NeighborOutputSet
 from lightly_grpo.output_sets.refresh import embed_bank
 from lightly_grpo.stage import GRPORMStage
@@ -41,7 +42,16 @@ def _worker(rank: int, world: int, init_file: str, n: int, out_dir: str) -> None
             error = ""
         except ValueError as raised:
             error = str(raised)
-        result = {"bank": bank, "neighbors": output_set.neighbors, "error": error}
+        # A table that differs on rank 1 becomes rank 0's (what a refresh does after building).
+        other = NeighborOutputSet(n, 8, num_neighbors=2)
+        other.neighbors.fill_(rank)
+        broadcast_buffers(other)
+        result = {
+            "bank": bank,
+            "neighbors": output_set.neighbors,
+            "error": error,
+            "broadcast": other.neighbors,
+        }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch_dist.destroy_process_group()
@@ -62,3 +72,4 @@ def test_every_rank_gets_the_single_process_bank_and_table(tmp_path: Path) -> No
         assert torch.equal(result["neighbors"], reference.neighbors)
         # A rank that would hold no data gets a clear error instead of a hang.
         assert result["error"] == "a pass over 1 items cannot be split across 2 ranks"
+        assert bool((result["broadcast"] == 0).all())  # rank 0's values on both ranks

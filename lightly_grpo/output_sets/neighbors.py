@@ -108,6 +108,16 @@ class NeighborOutputSet(OutputSet):
         # Saved in checkpoints with the model: a resumed run keeps its neighbour table.
         self.neighbors: Tensor
         self.register_buffer("neighbors", torch.full((num_items, num_neighbors), -1))
+        # Host-side cache of `initialized`: scanning the table costs O(N) per batch (14 ms at
+        # N = 1M, k = 20 on the CPU; a device synchronisation on a GPU). Set once a scan passes
+        # or a refresh wrote the table; cleared when a state dict is loaded.
+        self._is_initialized = False
+        self.register_load_state_dict_post_hook(NeighborOutputSet._forget_initialized)
+
+    @staticmethod
+    def _forget_initialized(module: torch.nn.Module, incompatible_keys: Any) -> None:
+        assert isinstance(module, NeighborOutputSet)
+        module._is_initialized = False
 
     @property
     def requires_labels(self) -> bool:  # type: ignore[override]
@@ -119,7 +129,9 @@ class NeighborOutputSet(OutputSet):
 
     @property
     def initialized(self) -> bool:
-        return bool((self.neighbors[:, 0] >= 0).all())
+        if not self._is_initialized:  # scanned until it passes (a table may be copied in)
+            self._is_initialized = bool((self.neighbors[:, 0] >= 0).all())
+        return self._is_initialized
 
     def params(self) -> dict[str, Any]:
         return {
@@ -146,6 +158,7 @@ class NeighborOutputSet(OutputSet):
             unit_rows(bank.detach()).float(), self.num_neighbors, self.backend
         )
         self.neighbors.copy_(table.to(self.neighbors.device))
+        self._is_initialized = True
 
     # ------------------------------------------------------------------ groups
     def group(

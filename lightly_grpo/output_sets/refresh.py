@@ -18,7 +18,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
-from lightly_grpo.distributed import gather_shards, interleave_shards, rank_shard
+from lightly_grpo.distributed import (
+    broadcast_buffers,
+    gather_shards,
+    interleave_shards,
+    rank_shard,
+)
 from lightly_grpo.embedding import embed_loader, eval_mode
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet
 
@@ -149,6 +154,9 @@ class OutputSetRefresh(pl.Callback):
         started = time.perf_counter()
         bank = embed_bank(pl_module, self.dataset, self.batch_size, self.num_workers, self.progress)
         output_set.refresh(bank)
+        # Every rank built it from the same gathered bank; rank 0's copy makes that exact (under
+        # Lightning's manual optimisation DDP broadcasts buffers at the first forward only).
+        broadcast_buffers(output_set)
         mine_from_output_set(trainer, pl_module)
         seconds = time.perf_counter() - started
         self.seconds.append(seconds)
