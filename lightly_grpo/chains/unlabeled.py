@@ -210,6 +210,9 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     backbone = _load_backbone(cfg)
     reference = copy.deepcopy(backbone)
     num_classes = len(np.unique(dataset_labels(eval_split(cfg.data, "test"))))
+    # Resolved before training: a broken evaluation image is reported (and skipped) now, not
+    # after hours of training.
+    eval_data = _evaluation_data(cfg) if evaluate else None
     stage = build_unlabeled_stage(cfg, backbone, len(data.indices), num_classes)
     history = EpochHistory()
     callbacks = [history, *_refresh(cfg, data)]
@@ -269,7 +272,8 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     if evaluate:
         output_set = stage.criterion.output_set
         clusters = output_set if isinstance(output_set, KMeansPrototypes) else None
-        evaluations = _evaluate(cfg, models, trainer.strategy.root_device, clusters)
+        assert eval_data is not None
+        evaluations = _evaluate(cfg, models, eval_data, trainer.strategy.root_device, clusters)
         if evaluations is None:
             return outputs  # a DDP rank other than 0: it embedded its shards; rank 0 reports
         title = (
@@ -279,7 +283,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
         )
         outputs.report = report_models(
             evaluations,
-            _evaluation_data(cfg),
+            eval_data,
             out_dir,
             title,
             outputs.history,
@@ -414,12 +418,12 @@ def _fit_simclr(cfg: PosttrainConfig, data: UnlabeledData, out_dir: Path, steps:
 def _evaluate(
     cfg: PosttrainConfig,
     models: dict[str, nn.Module],
+    data: EvaluationData,
     device: torch.device,
     clusters: KMeansPrototypes | None,
 ) -> dict[str, EmbeddingEvaluation] | None:
     """Every model's evaluation with the clustering scores; None on a DDP rank other than 0
     (every rank embeds its shard of the splits, rank 0 scores)."""
-    data = _evaluation_data(cfg)
     evaluations = {}
     for name, backbone in models.items():
         backbone.to(device)
