@@ -8,10 +8,45 @@ one host synchronisation (cheap on a GPU); the detailed message is only built on
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def check_int(
+    name: str, value: Any, minimum: int, maximum: int | None = None, what: str = ""
+) -> int:
+    """``value`` as an int, or ValueError unless it is an integer (not a bool) in
+    ``[minimum, maximum]`` (no upper bound when ``maximum`` is None). ``what`` says where the
+    upper bound comes from, for the message.
+
+    Examples:
+        >>> check_int("num_classes", 3, 2)
+        3
+        >>> check_int("num_classes", 2.5, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_classes must be an integer, got 2.5
+        >>> check_int("k", 21, 1, 20, "at most the 20 references")
+        Traceback (most recent call last):
+        ...
+        ValueError: k must be an integer in [1, 20] (at most the 20 references), got 21
+    """
+    is_int = not isinstance(value, bool) and isinstance(value, Integral)
+    if maximum is not None:
+        if not is_int or not minimum <= value <= maximum:
+            bound = f" ({what})" if what else ""
+            raise ValueError(
+                f"{name} must be an integer in [{minimum}, {maximum}]{bound}, got {value!r}"
+            )
+        return int(value)
+    if not is_int:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_finite(named: dict[str, Tensor | None], hint: str = "") -> None:

@@ -216,7 +216,7 @@ def posttrain_unlabeled(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutpu
     stage = build_unlabeled_stage(cfg, backbone, len(data.indices), num_classes)
     history = EpochHistory()
     callbacks = [history, *_refresh(cfg, data)]
-    if _mines_neighbors(cfg) and cfg.refresh_every <= 0:  # (the refresh callback does it too)
+    if _mines_neighbors(cfg):
         callbacks.append(MineFromOutputSet())
     trainer = make_trainer(
         cfg.trainer,

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lightly_grpo.index.multi_gpu import GpuMode, faiss_gpu_index, search_faiss_index
 from lightly_grpo.index.search import ArrayLike, as_float_tensor, faiss
-from lightly_grpo.validation import check_finite
+from lightly_grpo.validation import check_finite, check_int
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,6 @@ class IVFIndex:
     dim: int
     size: int
     gpu_mode: GpuMode | None = None
-
-
-def _check_int(value: object, name: str, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}] ({what}), got {value!r}")
-    return value
 
 
 def _normalised(x: ArrayLike, name: str) -> Tensor:
@@ -104,8 +98,8 @@ def build_ivf_index(
     n, dim = r.shape
     if train_size is None:
         train_size = n
-    _check_int(train_size, "train_size", 1, n, f"at most the {n} references")
-    _check_int(nlist, "nlist", 1, train_size, f"at most the {train_size} training references")
+    check_int("train_size", train_size, 1, n, f"at most the {n} references")
+    check_int("nlist", nlist, 1, train_size, f"at most the {train_size} training references")
     train = r
     if train_size < n:
         generator = torch.Generator().manual_seed(seed)
@@ -167,8 +161,8 @@ def ivf_knn_search(
             f"queries have dimension {q.shape[1]} but the index has dimension {index.dim} "
             f"(queries shape {tuple(q.shape)})"
         )
-    _check_int(k, "k", 1, index.size, f"at most the {index.size} references in the index")
-    _check_int(nprobe, "nprobe", 1, index.nlist, f"at most nlist={index.nlist} cells")
+    check_int("k", k, 1, index.size, f"at most the {index.size} references in the index")
+    check_int("nprobe", nprobe, 1, index.nlist, f"at most nlist={index.nlist} cells")
     qn = _normalised(q, "queries")
     values, indices = search_faiss_index(index.index, qn, k, params=_set_nprobe(index, nprobe))
     return values.to(q.device), indices.to(q.device)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from numbers import Integral
 from typing import Any, ClassVar
 
 import torch
@@ -29,24 +28,6 @@ from torch import Tensor, nn
 
 from lightly_grpo.registry import Registry
 from lightly_grpo.validation import check_embedding_shape, check_finite
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int, or ValueError unless it is an integer (not a bool) >= ``minimum``.
-
-    Examples:
-        >>> check_int("num_classes", 3, 2)
-        3
-        >>> check_int("num_classes", 2.5, 2)
-        Traceback (most recent call last):
-        ...
-        ValueError: num_classes must be an integer, got 2.5
-    """
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def unit_rows(x: Tensor) -> Tensor:

@@ -13,13 +13,13 @@ from lightly_grpo.embedding import class_means
 from lightly_grpo.output_sets.base import (
     KeyedOutputSet,
     OutputGroup,
-    check_int,
     register_output_set,
 )
 from lightly_grpo.validation import (
     as_labels,
     check_embedding_shape,
     check_embeddings,
+    check_int,
     check_labeled_batch,
     check_labels,
 )

@@ -14,11 +14,10 @@ from lightly_grpo.index.search import BACKENDS
 from lightly_grpo.output_sets.base import (
     KeyedOutputSet,
     OutputGroup,
-    check_int,
     register_output_set,
     unit_rows,
 )
-from lightly_grpo.validation import check_embedding_shape, check_embeddings
+from lightly_grpo.validation import check_embedding_shape, check_embeddings, check_int
 
 __all__ = ["KMeansPrototypes"]
 

@@ -26,12 +26,11 @@ from lightly_grpo.index.search import BACKENDS
 from lightly_grpo.output_sets.base import (
     OutputGroup,
     OutputSet,
-    check_int,
     check_similarities,
     register_output_set,
     unit_rows,
 )
-from lightly_grpo.validation import as_labels, check_embedding_shape, check_embeddings
+from lightly_grpo.validation import as_labels, check_embedding_shape, check_embeddings, check_int
 
 __all__ = ["NeighborOutputSet", "in_batch_candidates"]
 
