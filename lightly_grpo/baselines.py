@@ -22,6 +22,7 @@ from lightly.utils import dist
 from torch import Tensor, nn
 
 from lightly_grpo.distributed import check_equal_rows, gather_views
+from lightly_grpo.losses.policy import DEFAULT_TEMPERATURE
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
 from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.validation import check_labels
@@ -56,7 +57,7 @@ class CrossEntropyBaseline(PostTrainingModule):
         num_classes: int,
         embedding_size: int,
         classifier: str = "linear",
-        temperature: float = 0.1,
+        temperature: float = DEFAULT_TEMPERATURE,
         **kwargs: Any,
     ) -> None:
         if classifier not in CLASSIFIER_HEADS:

@@ -1,9 +1,11 @@
-"""The ``lightly-grpo`` command: pretrain, posttrain, evaluate, demo.
+"""The ``lightly-grpo`` command: pretrain, posttrain, evaluate, demo, info.
 
-Each sub-command runs one chain of :mod:`lightly_grpo.chains` over its config dataclass, and its
-flags are generated from that dataclass (:mod:`lightly_grpo.chains.flags`). A config resolves as
-dataclass defaults < the command's overlay (the demo's sizes) < ``--config FILE.json`` (a run
-folder's ``config.json`` or a ``--print-config`` output) < the flags given.
+Each sub-command but ``info`` runs one chain of :mod:`lightly_grpo.chains` over its config
+dataclass, and its flags are generated from that dataclass (:mod:`lightly_grpo.chains.flags`). A
+config resolves as dataclass defaults < the command's overlay (the demo's sizes) < ``--config
+FILE.json`` (a run folder's ``config.json`` or a ``--print-config`` output) < the flags given.
+``info`` prints the versions, devices and kNN search backends of this installation
+(:mod:`lightly_grpo.info`; ``--json`` for a JSON object).
 
 Examples:
     >>> args = build_parser().parse_args(["posttrain", "x.ckpt", "--epochs", "3"])
@@ -43,6 +45,7 @@ from lightly_grpo.chains.flags import (
     overrides_from_args,
 )
 from lightly_grpo.distributed import is_global_zero
+from lightly_grpo.info import print_info
 
 # Help-group titles of the config sections (the demo nests the steps' sections).
 _TITLES = {
@@ -153,8 +156,16 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# Not a chain: a plain sub-command next to the generated ones.
+INFO_COMMAND = "info"
+_INFO_HELP = (
+    "print versions, devices and the kNN search backends (which one 'auto' picks, whether the "
+    "compiled tiled kernel is present, FAISS's build)"
+)
+
+
 def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
-    """The argument parser of ``lightly-grpo`` (one sub-command per chain).
+    """The argument parser of ``lightly-grpo`` (one sub-command per chain, and ``info``).
 
     Args:
         explicit_only: Leave flags that were not given out of the parsed namespace (instead of
@@ -191,6 +202,8 @@ def build_parser(explicit_only: bool = False) -> argparse.ArgumentParser:
             {"": command.help, **_TITLES},
             explicit_only,
         )
+    info = sub.add_parser(INFO_COMMAND, help=_INFO_HELP, description=_INFO_HELP)
+    info.add_argument("--json", action="store_true", help="print the information as JSON")
     return parser
 
 
@@ -212,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightly-grpo`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == INFO_COMMAND:
+        print_info(args.json)
+        return 0
     command = COMMANDS[args.command]
     try:
         config = resolve_config(command, build_parser(explicit_only=True).parse_args(argv))

@@ -1,8 +1,9 @@
 """Post-training methods by name: GRPO-RM's variants and the baselines a user would pick instead.
 
 Every method is a :class:`~lightly_grpo.posttraining.PostTrainingModule` built from the same
-:class:`MethodSettings` (learning rates, weight decay, BatchNorm policy, temperature), so a
-comparison between two names differs in the objective only. The benchmark
+run config (:class:`~lightly_grpo.chains.config.PosttrainConfig`: learning rates, weight decay,
+BatchNorm policy, temperature, reward weights), so a comparison between two names differs in the
+objective only. The benchmark
 (``recipes/benchmarks/bench_quality.py``) and the demo's baseline row build methods through
 :func:`build_method`.
 
@@ -24,59 +25,113 @@ name                            objective
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from pytorch_metric_learning.losses import ProxyAnchorLoss, SupConLoss
 from torch import nn
 
 from lightly_grpo.baselines import CrossEntropyBaseline, LinearProbeBaseline, MetricLossBaseline
 from lightly_grpo.losses.classification import GRPORMClassificationLoss
+from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.posttraining import PostTrainingModule
-from lightly_grpo.rewards import build_reward
+from lightly_grpo.rewards import DEFAULT_UNIFORMITY_WEIGHT, Reward, build_reward
 from lightly_grpo.stage import GRPORMStage
 
+if TYPE_CHECKING:
+    from lightly_grpo.chains.config import PosttrainConfig
 
-@dataclass(frozen=True)
-class MethodSettings:
-    """What every method shares; only the objective differs between methods.
+#: Reference KL weight of ``grpo-kl`` when the config's ``beta`` is 0.
+DEFAULT_KL_BETA = 0.1
+#: The learning rates a benchmark may tune (a method tunes one of them).
+TUNABLE_LRS = ("lr_backbone", "lr_criterion")
+#: Config fields a variant ``"<method>@<field>=<value>"`` may set (numbers).
+VARIANT_FIELDS = (
+    "lr_backbone",
+    "lr_criterion",
+    "weight_decay",
+    "warmup_steps",
+    "temperature",
+    "accuracy_reward",
+    "uniformity_reward",
+    "beta",
+    "clip_eps",
+    "inner_steps",
+)
+_INT_FIELDS = ("warmup_steps", "inner_steps")
 
-    Attributes:
-        lr_backbone: AdamW learning rate of the backbone.
-        lr_criterion: AdamW learning rate of the criterion's parameters (prototypes, proxies,
-            classifier); the linear probe's only learning rate.
-        weight_decay: AdamW weight decay of the backbone.
-        batchnorm: BatchNorm policy (see :class:`~lightly_grpo.posttraining.PostTrainingModule`).
-        temperature: Temperature of GRPO-RM's policy, of the cosine-prototype head and of SupCon.
-        uniformity: Lambda of GRPO-RM's uniformity reward (variants that use it).
-        beta: Reference KL weight of ``grpo-kl``.
-        warmup_steps: Linear warmup steps of the cosine schedule.
+#: Builds a method from (backbone, num_classes, embedding_size, config).
+MethodBuilder = Callable[[nn.Module, int, int, "PosttrainConfig"], PostTrainingModule]
+
+
+def default_config() -> PosttrainConfig:
+    """The run config's defaults (what a method is built from when no config is given)."""
+    from lightly_grpo.chains.config import PosttrainConfig  # the chains import this module
+
+    return PosttrainConfig()
+
+
+def with_lr(cfg: PosttrainConfig, name: str, value: float) -> PosttrainConfig:
+    """A copy of ``cfg`` with the learning rate ``name`` (``lr_backbone`` or ``lr_criterion``)
+    set to ``value``: what a benchmark's learning-rate grid changes.
 
     Examples:
-        >>> MethodSettings(lr_backbone=3e-4).lr_criterion
-        0.001
+        >>> with_lr(default_config(), "lr_criterion", 0.01).lr_criterion
+        0.01
     """
-
-    lr_backbone: float = 1e-4
-    lr_criterion: float = 1e-3
-    weight_decay: float = 1e-2
-    batchnorm: str = "freeze"
-    temperature: float = 0.1
-    uniformity: float = 1.0
-    beta: float = 0.1
-    warmup_steps: int = 0
-
-    def with_lr(self, name: str, value: float) -> MethodSettings:
-        """A copy with ``lr_backbone`` or ``lr_criterion`` set to ``value``."""
-        if name not in ("lr_backbone", "lr_criterion"):
-            raise ValueError(f"name must be 'lr_backbone' or 'lr_criterion', got {name!r}")
-        if name == "lr_backbone":
-            return replace(self, lr_backbone=value)
-        return replace(self, lr_criterion=value)
+    if name not in TUNABLE_LRS:
+        raise ValueError(f"name must be one of {TUNABLE_LRS}, got {name!r}")
+    changes: dict[str, Any] = {name: value}
+    return replace(cfg, **changes)
 
 
-#: Builds a method from (backbone, num_classes, embedding_size, settings).
-MethodBuilder = Callable[[nn.Module, int, int, MethodSettings], PostTrainingModule]
+def uniformity_weight(cfg: PosttrainConfig, default: float = DEFAULT_UNIFORMITY_WEIGHT) -> float:
+    """``cfg.uniformity_reward``, or ``default`` (the output set's) when it is None."""
+    return default if cfg.uniformity_reward is None else cfg.uniformity_reward
+
+
+def training_settings(cfg: PosttrainConfig) -> dict[str, Any]:
+    """The :class:`~lightly_grpo.posttraining.PostTrainingModule` settings of a config: what
+    every method shares."""
+    return {
+        "lr_backbone": cfg.lr_backbone,
+        "lr_criterion": cfg.lr_criterion,
+        "weight_decay": cfg.weight_decay,
+        "batchnorm": cfg.batchnorm,
+        "warmup_steps": cfg.warmup_steps,
+    }
+
+
+def policy_settings(cfg: PosttrainConfig) -> dict[str, Any]:
+    """The :class:`~lightly_grpo.losses.GRPORMPolicyLoss` settings of a config (every output
+    set's criterion)."""
+    return {
+        "temperature": cfg.temperature,
+        "clip_eps": cfg.clip_eps,
+        "beta": cfg.beta,
+        "group_size": cfg.group_size,
+        "compile_math": cfg.compile_loss,
+    }
+
+
+def grpo_stage(
+    cfg: PosttrainConfig, backbone: nn.Module, criterion: GRPORMPolicyLoss
+) -> GRPORMStage:
+    """The one place a GRPO-RM stage is built from a config, around a ready criterion (every
+    output set, labeled or not, trains under the same settings)."""
+    return GRPORMStage(backbone, criterion, inner_steps=cfg.inner_steps, **training_settings(cfg))
+
+
+def class_criterion(
+    cfg: PosttrainConfig, num_classes: int, embedding_size: int, reward: Reward | None = None
+) -> GRPORMClassificationLoss:
+    """GRPO-RM over class prototypes with the config's policy settings; ``reward`` defaults to
+    the config's accuracy + uniformity reward."""
+    if reward is None:
+        reward = build_reward(cfg.accuracy_reward, uniformity_weight(cfg), cfg.uniformity_form)
+    return GRPORMClassificationLoss(
+        num_classes, embedding_size, reward=reward, **policy_settings(cfg)
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +145,8 @@ class MethodSpec:
         tuned_lr: The learning rate a benchmark tunes: ``"lr_backbone"``, or ``"lr_criterion"``
             for the linear probe (its backbone does not train).
         is_grpo: Whether the method is a GRPO-RM variant.
-        overrides: Settings a variant (``"<method>@<setting>=<value>"``) changes; apply them
-            with :meth:`settings`.
+        overrides: Config fields a variant (``"<method>@<field>=<value>"``) changes; apply them
+            with :meth:`config`.
     """
 
     name: str
@@ -101,86 +156,68 @@ class MethodSpec:
     is_grpo: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def settings(self, base: MethodSettings | None = None) -> MethodSettings:
-        """``base`` (default :class:`MethodSettings`) with this method's overrides applied.
+    def config(self, base: PosttrainConfig | None = None) -> PosttrainConfig:
+        """``base`` (default: the run config's defaults) with this method's overrides applied.
 
         A variant that sets its tuned learning rate moves the centre of a benchmark's grid.
 
         Examples:
-            >>> method_spec("grpo-kl@beta=0.5").settings().beta
+            >>> method_spec("grpo-kl@beta=0.5").config().beta
             0.5
         """
-        changed: MethodSettings = replace(base or MethodSettings(), **self.overrides)
-        return changed
-
-
-def _common(settings: MethodSettings) -> dict[str, Any]:
-    return {
-        "lr_backbone": settings.lr_backbone,
-        "weight_decay": settings.weight_decay,
-        "batchnorm": settings.batchnorm,
-        "warmup_steps": settings.warmup_steps,
-    }
+        return replace(base or default_config(), **self.overrides)
 
 
 def _linear_probe(
-    backbone: nn.Module, num_classes: int, size: int, s: MethodSettings
+    backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
 ) -> PostTrainingModule:
-    return LinearProbeBaseline(
-        backbone, num_classes, size, lr_criterion=s.lr_criterion, **_common(s)
-    )
+    return LinearProbeBaseline(backbone, num_classes, size, **training_settings(cfg))
 
 
 def _cross_entropy(classifier: str) -> MethodBuilder:
     def build(
-        backbone: nn.Module, num_classes: int, size: int, s: MethodSettings
+        backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
     ) -> PostTrainingModule:
         return CrossEntropyBaseline(
             backbone,
             num_classes,
             size,
             classifier=classifier,
-            temperature=s.temperature,
-            lr_criterion=s.lr_criterion,
-            **_common(s),
+            temperature=cfg.temperature,
+            **training_settings(cfg),
         )
 
     return build
 
 
 def _supcon(
-    backbone: nn.Module, num_classes: int, size: int, s: MethodSettings
+    backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
 ) -> PostTrainingModule:
-    return MetricLossBaseline(
-        backbone, SupConLoss(temperature=s.temperature), lr_criterion=s.lr_criterion, **_common(s)
-    )
+    loss = SupConLoss(temperature=cfg.temperature)
+    return MetricLossBaseline(backbone, loss, **training_settings(cfg))
 
 
 def _proxy_anchor(
-    backbone: nn.Module, num_classes: int, size: int, s: MethodSettings
+    backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
 ) -> PostTrainingModule:
     # pytorch-metric-learning's defaults (margin 0.1, alpha 32), as its authors recommend.
     loss = ProxyAnchorLoss(num_classes, size)
-    return MetricLossBaseline(backbone, loss, lr_criterion=s.lr_criterion, **_common(s))
+    return MetricLossBaseline(backbone, loss, **training_settings(cfg))
 
 
-def _grpo(uniformity: bool, form: str = "policy", kl: bool = False) -> MethodBuilder:
+def _grpo(uniformity: bool, form: str | None = None, kl: bool = False) -> MethodBuilder:
+    """A GRPO-RM variant: the config's settings with the variant's reward and reference KL."""
+
     def build(
-        backbone: nn.Module, num_classes: int, size: int, s: MethodSettings
+        backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
     ) -> PostTrainingModule:
-        criterion = GRPORMClassificationLoss(
-            num_classes,
-            size,
-            temperature=s.temperature,
-            reward=build_reward(1.0, s.uniformity if uniformity else 0.0, form),
-            beta=s.beta if kl else 0.0,
-        )
-        return GRPORMStage(
-            backbone,
-            criterion=criterion,
-            lr_prototypes=s.lr_criterion,
-            **_common(s),
-        )
+        changes: dict[str, Any] = {"beta": (cfg.beta or DEFAULT_KL_BETA) if kl else 0.0}
+        if not uniformity:
+            changes["uniformity_reward"] = 0.0
+        if form is not None:
+            changes["uniformity_form"] = form
+        variant = replace(cfg, **changes)
+        return grpo_stage(variant, backbone, class_criterion(variant, num_classes, size))
 
     return build
 
@@ -199,7 +236,7 @@ _METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "grpo-uniformity",
         "GRPO-RM, accuracy + uniformity (-lambda pi_old)",
-        _grpo(True, "policy"),
+        _grpo(True),
         is_grpo=True,
     ),
     MethodSpec(
@@ -211,7 +248,7 @@ _METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
         "grpo-kl",
         "GRPO-RM, accuracy + uniformity + reference KL",
-        _grpo(True, "policy", kl=True),
+        _grpo(True, kl=True),
         is_grpo=True,
     ),
 )
@@ -228,19 +265,19 @@ def _variant(spec: MethodSpec, name: str, overrides: dict[str, Any]) -> MethodSp
 
 
 def method_spec(name: str) -> MethodSpec:
-    """The method called ``name``, or a variant ``"<method>@<setting>=<value>,..."`` of it whose
-    :class:`MethodSettings` are overridden (e.g. ``"grpo-uniformity@uniformity=2"``), the way a
-    benchmark sweeps one setting.
+    """The method called ``name``, or a variant ``"<method>@<field>=<value>,..."`` of it whose
+    config fields (:data:`VARIANT_FIELDS`) are overridden (e.g.
+    ``"grpo-uniformity@uniformity_reward=2"``), the way a benchmark sweeps one setting.
 
     Raises:
-        ValueError: For an unknown method or setting, or a value that is not a number; the
+        ValueError: For an unknown method or field, or a value that is not a number; the
             message lists the known ones.
 
     Examples:
         >>> method_spec("ce-linear").tuned_lr
         'lr_backbone'
-        >>> method_spec("grpo-uniformity@uniformity=2,temperature=0.05").description
-        'GRPO-RM, accuracy + uniformity (-lambda pi_old) (uniformity=2, temperature=0.05)'
+        >>> method_spec("grpo-uniformity@uniformity_reward=2,temperature=0.05").description
+        'GRPO-RM, accuracy + uniformity (-lambda pi_old) (uniformity_reward=2, temperature=0.05)'
     """
     base, _, variant = name.partition("@")
     try:
@@ -249,14 +286,15 @@ def method_spec(name: str) -> MethodSpec:
         raise ValueError(f"Unknown method {base!r}; known: {', '.join(METHODS)}") from None
     if not variant:
         return spec
-    known = {f.name for f in fields(MethodSettings)} - {"batchnorm"}
     overrides: dict[str, Any] = {}
     for item in variant.split(","):
         key, _, value = item.partition("=")
-        if key not in known:
-            raise ValueError(f"method {name!r}: unknown setting {key!r}; known: {sorted(known)}")
+        if key not in VARIANT_FIELDS:
+            raise ValueError(
+                f"method {name!r}: unknown setting {key!r}; known: {sorted(VARIANT_FIELDS)}"
+            )
         try:
-            overrides[key] = int(value) if key == "warmup_steps" else float(value)
+            overrides[key] = int(value) if key in _INT_FIELDS else float(value)
         except ValueError:
             raise ValueError(f"method {name!r}: {key} must be a number, got {value!r}") from None
     return _variant(spec, name, overrides)
@@ -267,9 +305,10 @@ def build_method(
     backbone: nn.Module,
     num_classes: int,
     embedding_size: int,
-    settings: MethodSettings | None = None,
+    cfg: PosttrainConfig | None = None,
 ) -> PostTrainingModule:
-    """Builds the post-training module of a named method around ``backbone``.
+    """Builds the post-training module of a named method around ``backbone`` from a run config
+    (default: the config's defaults).
 
     Call :meth:`~lightly_grpo.posttraining.PostTrainingModule.init_criterion` with the labeled
     images before training: GRPO-RM's prototypes and the cosine-prototype head start at the
@@ -286,7 +325,19 @@ def build_method(
     if embedding_size < 1:
         raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
     spec = method_spec(name)
-    return spec.build(backbone, num_classes, embedding_size, spec.settings(settings))
+    return spec.build(backbone, num_classes, embedding_size, spec.config(cfg))
 
 
-__all__ = ["METHODS", "MethodSettings", "MethodSpec", "build_method", "method_spec"]
+__all__ = [
+    "DEFAULT_KL_BETA",
+    "METHODS",
+    "MethodSpec",
+    "build_method",
+    "class_criterion",
+    "grpo_stage",
+    "method_spec",
+    "policy_settings",
+    "training_settings",
+    "uniformity_weight",
+    "with_lr",
+]

@@ -25,6 +25,12 @@ from torch import Tensor
 from lightly_grpo.registry import Registry
 from lightly_grpo.validation import check_finite
 
+#: Lambda of the uniformity penalty -lambda * pi_old on wrong outputs (at most the accuracy weight
+#: keeps every wrong output's advantage <= 0 without the cap; the loss caps it anyway).
+DEFAULT_UNIFORMITY_WEIGHT = 1.0
+#: Reward of a reference-space neighbour (the query's own other view gets 1).
+DEFAULT_NEIGHBOR_WEIGHT = 0.5
+
 #: Largest reward weight. Rewards are scored in float32 and the loss squares their differences
 #: over a group (the standard deviation of the advantages): with three rewards of weight
 #: <= 1e12 a squared difference is <= 1e25, so even groups of 10^13 outputs stay finite.
@@ -308,7 +314,9 @@ class UniformityReward(Reward):
 
     FORMS = ("policy", "similarity")
 
-    def __init__(self, weight: float = 1.0, form: str = "policy", clamp: bool = True) -> None:
+    def __init__(
+        self, weight: float = DEFAULT_UNIFORMITY_WEIGHT, form: str = "policy", clamp: bool = True
+    ) -> None:
         if form not in self.FORMS:
             raise ValueError(f"form must be one of {self.FORMS}, got {form!r}")
         self.weight = check_weight("weight", weight, allow_zero=True)
@@ -376,7 +384,9 @@ class MaskReward(Reward):
 
 
 def neighbor_reward(
-    instance: float = 1.0, neighbor: float = 0.5, uniformity: float = 1.0
+    instance: float = 1.0,
+    neighbor: float = DEFAULT_NEIGHBOR_WEIGHT,
+    uniformity: float = DEFAULT_UNIFORMITY_WEIGHT,
 ) -> Reward:
     """The unlabeled reward: ``instance`` for the other view of the same image, ``neighbor``
     for the query's reference-space neighbours, ``-uniformity * pi_old`` for every other output.
@@ -400,10 +410,12 @@ def neighbor_reward(
 
 def default_reward() -> Reward:
     """Accuracy + uniformity (-pi_old, lambda = 1): the combination the prototype found best."""
-    return AccuracyReward(1.0) + UniformityReward(1.0, form="policy")
+    return build_reward()
 
 
-def build_reward(accuracy: float = 1.0, uniformity: float = 1.0, form: str = "policy") -> Reward:
+def build_reward(
+    accuracy: float = 1.0, uniformity: float = DEFAULT_UNIFORMITY_WEIGHT, form: str = "policy"
+) -> Reward:
     """Builds accuracy (+ uniformity when ``uniformity > 0``) from plain numbers (CLI flags).
 
     Examples:

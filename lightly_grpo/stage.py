@@ -19,31 +19,8 @@ from lightly_grpo.losses.classification import GRPORMClassificationLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets.base import KeyedOutputSet
 from lightly_grpo.posttraining import BATCHNORM_MODES, EmbeddingModel, PostTrainingModule
-from lightly_grpo.rewards import Reward
 
-__all__ = ["BATCHNORM_MODES", "GRPORMStage", "split_batch"]
-
-# Hyperparameters that configure the criterion; saved inside its config, not separately.
-_CRITERION_ARGS = (
-    "num_classes",
-    "embedding_size",
-    "temperature",
-    "clip_eps",
-    "beta",
-    "group_size",
-    "compile_loss",
-)
-
-
-def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """Images and labels from a labeled lightly-style batch (views concatenated).
-
-    Kept for compatibility; :func:`lightly_grpo.embedding.unpack_batch` also takes unlabeled
-    batches.
-    """
-    images, labels = unpack_batch(batch, require_labels=True)
-    assert labels is not None
-    return images, labels
+__all__ = ["BATCHNORM_MODES", "GRPORMStage", "build_criterion"]
 
 
 def build_criterion(config: dict[str, Any]) -> GRPORMPolicyLoss:
@@ -57,11 +34,12 @@ class GRPORMStage(PostTrainingModule):
     """GRPO-RM post-training of a backbone, given its criterion (and with it, its output set).
 
     Wraps any backbone (plus an optional projection head); the embeddings are
-    ``normalize(head(backbone(x)))``. Either pass a ready criterion
-    (``criterion=GRPORMPolicyLoss(output_set, ...)`` or a :class:`GRPORMClassificationLoss`), or
-    ``num_classes`` and ``embedding_size`` (and the loss settings below) to get class prototypes,
-    the paper's setting. Trains with AdamW (backbone and criterion parameters in separate groups,
-    see :class:`~lightly_grpo.posttraining.PostTrainingModule`), one or several inner GRPO steps per
+    ``normalize(head(backbone(x)))``. The criterion holds every setting of the objective
+    (output set, reward, temperature, clip range, reference KL, group): a
+    :class:`~lightly_grpo.losses.GRPORMClassificationLoss` for class prototypes (the paper's
+    setting) or a :class:`~lightly_grpo.losses.GRPORMPolicyLoss` over any output set. Trains with
+    AdamW (backbone and criterion parameters in separate groups, see
+    :class:`~lightly_grpo.posttraining.PostTrainingModule`), one or several inner GRPO steps per
     batch (the group is sampled once per batch and reused), and logs per step the mean reward,
     policy accuracy, entropy, KL, clip fraction and share of degenerate groups. The logged
     ``train/loss`` is about 0 by construction with one inner step (advantages sum to zero in a
@@ -72,35 +50,23 @@ class GRPORMStage(PostTrainingModule):
 
     Args:
         backbone: Any module mapping images to (B, ...) features.
-        num_classes: Number of classes (when no criterion is given).
-        embedding_size: Dimension of the embeddings (when no criterion is given).
+        criterion: A :class:`~lightly_grpo.losses.GRPORMPolicyLoss`, or its config dict.
         head: Optional projection head applied after the backbone.
-        temperature: Policy temperature tau (when no criterion is given).
-        reward: Reward object (default accuracy + uniformity, -pi_old, lambda = 1).
-        clip_eps: PPO clip range.
-        beta: Weight of the KL to the frozen pretrained model (0 drops the reference model).
-        inner_steps: Optimizer steps per batch against the logits frozen at the first step.
-        group_size: None enumerates every output; an integer samples that many per query.
-        lr_backbone: AdamW learning rate for backbone and head.
-        lr_prototypes: AdamW learning rate for the criterion's parameters (the prototypes).
-        weight_decay: AdamW weight decay (not applied to norms, biases and prototypes).
-        batchnorm: "freeze", "train" or "recompute".
-        warmup_steps: Linear warmup steps of the cosine learning-rate schedule.
-        lr_schedule: "cosine" or "constant".
-        compile_loss: ``torch.compile`` the loss's fused math (fewer GPU kernel launches).
+        inner_steps: Optimizer steps per batch against the logits frozen at the first step (the
+            only case in which the criterion's ``clip_eps`` acts).
         gather_distributed: Under DDP, gather every rank's embeddings (with gradients), labels
             and dataset indices so that each rank computes the loss of the whole global batch:
             a step then equals one process's step on that batch (see
             :mod:`lightly_grpo.distributed`). False keeps each rank's groups local.
-        criterion: A ready :class:`GRPORMPolicyLoss` (or its config dict); replaces the loss
-            arguments above.
+        **kwargs: Settings of :class:`~lightly_grpo.posttraining.PostTrainingModule`
+            (``lr_backbone``, ``lr_criterion`` for the prototypes, ``weight_decay``,
+            ``batchnorm``, ``warmup_steps``, ``lr_schedule``).
 
     Examples:
         >>> from lightly_grpo.backbones import resnet18_small
-        >>> stage = GRPORMStage(resnet18_small(), num_classes=10, embedding_size=512)
-        >>> from lightly_grpo.output_sets import ClassPrototypes
-        >>> criterion = GRPORMPolicyLoss(ClassPrototypes(10, 512), temperature=0.2)
-        >>> stage = GRPORMStage(resnet18_small(), criterion=criterion, inner_steps=2)
+        >>> from lightly_grpo.losses import GRPORMClassificationLoss
+        >>> criterion = GRPORMClassificationLoss(num_classes=10, embedding_size=512)
+        >>> stage = GRPORMStage(resnet18_small(), criterion, inner_steps=2)
         >>> trainer = pl.Trainer(max_epochs=1)  # doctest: +SKIP
         >>> trainer.fit(stage, train_loader)  # doctest: +SKIP
     """
@@ -108,46 +74,17 @@ class GRPORMStage(PostTrainingModule):
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int | None = None,
-        embedding_size: int | None = None,
+        criterion: GRPORMPolicyLoss | dict[str, Any],
         head: nn.Module | None = None,
-        temperature: float = 0.1,
-        reward: Reward | dict[str, Any] | None = None,
-        clip_eps: float = 0.2,
-        beta: float = 0.0,
         inner_steps: int = 1,
-        group_size: int | None = None,
-        lr_backbone: float = 1e-4,
-        lr_prototypes: float = 1e-3,
-        weight_decay: float = 1e-2,
-        batchnorm: str = "freeze",
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
-        compile_loss: bool = False,
-        criterion: GRPORMPolicyLoss | dict[str, Any] | None = None,
         gather_distributed: bool = True,
+        **kwargs: Any,
     ) -> None:
-        if inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {inner_steps!r}")
         if isinstance(criterion, dict):
             criterion = build_criterion(criterion)
-        if criterion is None:
-            if num_classes is None or embedding_size is None:
-                raise ValueError(
-                    "GRPORMStage needs a criterion, or num_classes and embedding_size for class "
-                    f"prototypes (got num_classes={num_classes}, embedding_size={embedding_size})"
-                )
-            criterion = GRPORMClassificationLoss(
-                num_classes,
-                embedding_size,
-                temperature=temperature,
-                reward=reward,
-                clip_eps=clip_eps,
-                beta=beta,
-                group_size=group_size,
-                compile_math=compile_loss,
-            )
-        elif not isinstance(criterion, GRPORMPolicyLoss):
+        if not isinstance(criterion, GRPORMPolicyLoss):
             raise ValueError(
                 f"criterion must be a GRPORMPolicyLoss, got {type(criterion).__name__}"
             )
@@ -155,19 +92,13 @@ class GRPORMStage(PostTrainingModule):
             backbone,
             criterion,
             head=head,
-            lr_backbone=lr_backbone,
-            lr_criterion=lr_prototypes,
-            weight_decay=weight_decay,
-            batchnorm=batchnorm,
-            warmup_steps=warmup_steps,
-            lr_schedule=lr_schedule,
             requires_labels=criterion.output_set.requires_labels,
+            **kwargs,
         )
         self.criterion: GRPORMPolicyLoss = criterion
         self.inner_steps = inner_steps
         self.gather_distributed = gather_distributed
-        ignored = ["backbone", "head", "reward", "criterion", *_CRITERION_ARGS]
-        self.save_hyperparameters(ignore=ignored)
+        self.save_hyperparameters(ignore=["backbone", "head", "criterion"])
         # The criterion's config carries the output set and the reward: a loaded checkpoint
         # rebuilds exactly the objective it was trained with.
         self.hparams["criterion"] = criterion.config()
@@ -181,17 +112,12 @@ class GRPORMStage(PostTrainingModule):
 
     # ----------------------------------------------------------------- set-up
     @torch.no_grad()
-    def init_prototypes(self, loader: Iterable[Any], progress: bool = False) -> None:
+    def init_criterion(self, loader: Iterable[Any], progress: bool = False) -> None:
         """Initialises the output set from the current embeddings (class means for prototypes)
         and records them as the reference policy's keys."""
         embeddings, labels = self.embed_loader(loader, progress, desc="initialising output set")
         self.criterion.output_set.initialize(embeddings.to(self.device), labels.to(self.device))
         self.criterion.output_set.snapshot_reference()
-
-    @torch.no_grad()
-    def init_criterion(self, loader: Iterable[Any], progress: bool = False) -> None:
-        """:meth:`init_prototypes`: what every method's set-up calls."""
-        self.init_prototypes(loader, progress)
 
     @torch.no_grad()
     def classify_embeddings(self, embeddings: Tensor) -> Tensor:

@@ -2,8 +2,8 @@
 
 lightly's ``SimCLRTransform`` (two views), a torchvision ResNet-18 adapted to small grayscale
 images, lightly's ``SimCLRProjectionHead`` and ``NTXentLoss`` in a Lightning module
-(``lightly_grpo.simclr.SimCLRModule``). Writes ``<out>/simclr.ckpt`` (backbone under ``backbone.``)
-and ``<out>/backbone.pt``.
+(``lightly_grpo.pretrain.simclr.SimCLRModule``). Writes ``<out>/simclr.ckpt`` (backbone under
+``backbone.``) and ``<out>/backbone.pt``.
 
     # 5-minute CPU run
     python recipes/simclr_pretrain.py --pretrain-epochs 8 --pretrain-images 4096

@@ -12,6 +12,7 @@ from torch import nn
 
 from lightly_grpo.baselines import CrossEntropyBaseline, LinearProbeBaseline, MetricLossBaseline
 from lightly_grpo.embedding import class_means
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 from tests.test_stage import digit_loader, small_cnn, trainer
 
@@ -40,7 +41,7 @@ def test_cross_entropy_baseline_learns_and_predicts(tmp_path: Path, classifier: 
 
 def test_baselines_share_the_parameter_groups_of_the_grpo_stage() -> None:
     kwargs = {"lr_backbone": 2e-4, "weight_decay": 0.03, "lr_schedule": "constant"}
-    stage = GRPORMStage(small_cnn(), 10, 32, lr_prototypes=4e-3, **kwargs)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), lr_criterion=4e-3, **kwargs)
     proxy = MetricLossBaseline(small_cnn(), ProxyAnchorLoss(10, 32), lr_criterion=4e-3, **kwargs)
     grpo_groups = stage.configure_optimizers().param_groups
     proxy_groups = proxy.configure_optimizers().param_groups

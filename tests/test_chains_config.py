@@ -41,7 +41,8 @@ POSTTRAIN: dict[str, Any] = {
     "inner_steps": 1,
     "group_size": None,
     "lr_backbone": 0.0001,
-    "lr_prototypes": 0.001,
+    "lr_criterion": 0.001,
+    "warmup_steps": 0,
     "weight_decay": 0.01,
     "batchnorm": "freeze",
     "compile_loss": False,
@@ -77,12 +78,21 @@ def test_every_old_flag_keeps_its_default(command: str) -> None:
 
 
 def test_the_uniformity_default_depends_on_the_output_set() -> None:
-    from lightly_grpo.chains.config import PosttrainConfig, uniformity_weight
+    from lightly_grpo.chains.config import PosttrainConfig
+    from lightly_grpo.chains.recipes import output_set_recipe
+
+    def uniformity_weight(cfg: PosttrainConfig) -> float:
+        return output_set_recipe(cfg.output_set).uniformity(cfg)
 
     assert uniformity_weight(PosttrainConfig()) == 1.0  # the labeled default is unchanged
     assert uniformity_weight(PosttrainConfig(output_set="kmeans")) == 1.0
     assert uniformity_weight(PosttrainConfig(output_set="neighbors")) == 10.0
     assert uniformity_weight(PosttrainConfig(output_set="neighbors", uniformity_reward=0.0)) == 0.0
+
+
+def test_the_lr_prototypes_flag_of_0_2_sets_lr_criterion() -> None:
+    args = build_parser().parse_args(["posttrain", "c.ckpt", "--lr-prototypes", "0.01"])
+    assert args.lr_criterion == 0.01
 
 
 def test_old_flag_spellings_parse() -> None:

@@ -1,8 +1,9 @@
 """The chains' runtime: the per-epoch history from a real Lightning fit, device lookup, the
-``lightly_grpo.pipeline`` shim."""
+embedding loop."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,26 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightly_grpo.chains import EpochHistory, RunOutputs, TrainerConfig, make_trainer
+from lightly_grpo.chains import EpochHistory, TrainerConfig, make_trainer
 from lightly_grpo.chains.runtime import resolve_device, save_final_checkpoint
+from lightly_grpo.data import make_loader
+from lightly_grpo.embedding import embed_loader
+
+
+def _csv_history_rows(metrics_csv: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of a Lightning ``CSVLogger`` file: ``train/*_epoch`` and ``val/*`` columns.
+
+    An independent reading of the log for :class:`EpochHistory` to be checked against.
+    """
+    rows: dict[int, dict[str, float]] = {}
+    with open(metrics_csv, newline="") as handle:
+        for record in csv.DictReader(handle):
+            epoch = int(record["epoch"])
+            row = rows.setdefault(epoch, {"epoch": float(epoch + 1)})
+            for name, value in record.items():
+                if value and "/" in name and not name.endswith("_step"):
+                    row[name.removesuffix("_epoch")] = float(value)
+    return [rows[epoch] for epoch in sorted(rows)]
 
 
 class _Regression(pl.LightningModule):
@@ -45,10 +64,7 @@ def test_epoch_history_matches_the_csv_log(tmp_path: Path) -> None:
     trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 3, [history])
     trainer.fit(_Regression(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=16))
     assert trainer.logger is not None and trainer.logger.log_dir is not None
-    with pytest.deprecated_call():
-        from lightly_grpo.pipeline import history_rows
-
-        logged = history_rows(Path(trainer.logger.log_dir) / "metrics.csv")
+    logged = _csv_history_rows(Path(trainer.logger.log_dir) / "metrics.csv")
     # the same epochs and the same epoch aggregates, this epoch's (not the previous one's)
     assert [row["epoch"] for row in history.rows] == [1.0, 2.0, 3.0]
     assert len(logged) == 3
@@ -97,21 +113,15 @@ def test_devices_are_resolved_by_lightning() -> None:
         resolve_device("no-such-device")
 
 
-def test_pipeline_shim_keeps_old_names_and_warns_on_removed_ones() -> None:
-    from lightly_grpo import chains, pipeline
-
-    assert pipeline.PosttrainConfig is chains.PosttrainConfig
-    assert pipeline.evaluate_checkpoints is chains.evaluate_checkpoints
-    assert pipeline.DataConfig().dataset == "default"
+def test_embed_loader_keeps_the_order_and_normalises() -> None:
     dataset = TensorDataset(torch.randn(10, 3), torch.arange(10))
-    with pytest.deprecated_call():
-        embeddings, labels = pipeline.embed_dataset(
-            nn.Identity(), dataset, 4, torch.device("cpu"), "test"
-        )
+    loader = make_loader(dataset, 4, shuffle=False)
+    embeddings, labels = embed_loader(
+        nn.Identity(), loader, torch.device("cpu"), progress=True, desc="test"
+    )
+    assert labels is not None
     assert embeddings.shape == (10, 3) and labels.tolist() == list(range(10))
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(10))
-    with pytest.deprecated_call():
-        assert RunOutputs(report=Path("r.html"))["report"] == "r.html"
 
 
 def test_final_checkpoint_links_the_latest_save_not_the_best_one(tmp_path: Path) -> None:
@@ -168,10 +178,11 @@ class _Epochs(pl.Callback):
 def test_a_nan_in_training_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path: Path,
 ) -> None:
-    from lightly_grpo.stage import GRPORMStage
+    from lightly_grpo.losses import GRPORMClassificationLoss
+from lightly_grpo.stage import GRPORMStage
 
     torch.manual_seed(0)
-    stage = GRPORMStage(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), 2, 4)
+    stage = GRPORMStage(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), GRPORMClassificationLoss(2, 4))
     dataset = _NaNAt(bad=5, from_epoch=1)
     loader = DataLoader(dataset, batch_size=4)  # 4 steps per epoch; item 5 is in batch 1
     trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 3)

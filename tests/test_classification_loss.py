@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightly_grpo.classification_loss import GRPORMClassificationLoss
+from lightly_grpo.losses.classification import GRPORMClassificationLoss
 from lightly_grpo.output_sets.base import sample_group
 from lightly_grpo.rewards import AccuracyReward
 
@@ -104,7 +104,8 @@ def test_bad_input_raises_with_the_value() -> None:
 
 @pytest.mark.parametrize("uniformity", [0.0, 1.0, 0.5, 2.0])
 def test_fused_default_path_equals_general_loss(uniformity: float) -> None:
-    from lightly_grpo.loss import GRPORMLoss, fused_accuracy_uniformity_loss
+    from lightly_grpo.losses.fused import fused_accuracy_uniformity_loss
+    from lightly_grpo.losses.grpo import GRPORMLoss
     from lightly_grpo.rewards import RewardInputs, build_reward
 
     torch.manual_seed(5)
@@ -136,7 +137,7 @@ def test_nan_prototypes_and_validation_switch() -> None:
 
 
 def test_compiled_fused_path_matches_eager() -> None:
-    from lightly_grpo.loss import fused_accuracy_uniformity_loss
+    from lightly_grpo.losses.fused import fused_accuracy_uniformity_loss
 
     torch.manual_seed(6)
     logits = torch.randn(8, 5, requires_grad=True)
@@ -151,8 +152,7 @@ def test_compiled_fused_path_matches_eager() -> None:
 
 @pytest.mark.parametrize("uniformity", [0.0, 1.0, 2.0])
 def test_fused_loss_on_similarities_equals_the_loss_on_logits(uniformity: float) -> None:
-    from lightly_grpo.loss import fused_accuracy_uniformity_loss
-    from lightly_grpo.losses.fused import fused_loss_on_similarities
+    from lightly_grpo.losses.fused import fused_accuracy_uniformity_loss, fused_loss_on_similarities
 
     torch.manual_seed(7)
     sims = (torch.rand(6, 9, dtype=torch.float64) * 2 - 1).requires_grad_(True)
@@ -177,7 +177,7 @@ def test_fused_loss_on_similarities_equals_the_loss_on_logits(uniformity: float)
 
 
 def test_default_path_statistics_equal_the_general_path() -> None:
-    from lightly_grpo.loss import GRPORMLoss
+    from lightly_grpo.losses.grpo import GRPORMLoss
     from lightly_grpo.rewards import RewardInputs
 
     torch.manual_seed(8)

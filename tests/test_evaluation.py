@@ -2,7 +2,7 @@
 
 Agreement tests (ours vs pytorch-metric-learning's ``AccuracyCalculator``, vs lightly's
 ``knn_predict``, backend vs backend) run on embeddings whose dot products are exact in float32
-(:mod:`lightly_grpo.index.exact`). They used to run on random floats and failed on AMD EPYC (AVX2,
+(:mod:`benchlib.synthetic`). They used to run on random floats and failed on AMD EPYC (AVX2,
 no AVX-512) CI machines: MAP@R 0.40778157 vs 0.40778004. Random floats produce near-ties, pairs of
 items whose similarities to a query differ in the last bit; FAISS's and torch's GEMM kernels sum in
 different orders, so they round such a pair differently, rank it in a different order, and the
@@ -26,6 +26,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.decomposition import PCA
 from torch import Tensor
 
+from benchlib.synthetic import clustered, exact_unit, has_near_ties
 from lightly_grpo import index
 from lightly_grpo.data import load_fashion_mnist
 from lightly_grpo.evaluation import (
@@ -42,7 +43,6 @@ from lightly_grpo.evaluation import (
     register_metric,
 )
 from lightly_grpo.evaluation.metrics import KNNChunk, RetrievalChunk
-from lightly_grpo.index.exact import clustered, exact_unit, has_near_ties
 
 needs_faiss = pytest.mark.skipif(index.faiss is None, reason="FAISS is not installed")
 

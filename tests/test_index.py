@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from benchlib.synthetic import exact_unit
 from lightly_grpo import index
 from lightly_grpo.data import load_fashion_mnist
 from lightly_grpo.index import (
@@ -22,7 +23,6 @@ from lightly_grpo.index import (
     search,
     spherical_kmeans,
 )
-from lightly_grpo.index.exact import exact_unit
 
 needs_faiss = pytest.mark.skipif(index.faiss is None, reason="FAISS is not installed")
 CPU_BACKENDS = ["faiss", "tiled", "torch"]
@@ -35,7 +35,7 @@ def _skip_unavailable(backend: str) -> None:
 
 def _random(n: int = 1500, d: int = 44, seed: int = 0) -> torch.Tensor:
     """Random directions as exact unit vectors (n, d + 4): every backend computes the same bits
-    (lightly_grpo.index.exact), so agreement between backends is exact on any CPU."""
+    (benchlib.synthetic), so agreement between backends is exact on any CPU."""
     g = torch.Generator().manual_seed(seed)
     return exact_unit(torch.randn(n, d, generator=g), seed)
 
@@ -296,13 +296,6 @@ def test_spherical_kmeans_zero_iterations_returns_the_seeds() -> None:
     seeds = kmeans._kmeans_plus_plus(x, 4, torch.Generator().manual_seed(2))
     assert torch.equal(centroids, seeds)
     assert torch.equal(assign, (x @ seeds.T).argmax(dim=1))
-
-
-def test_deprecated_check_finite_alias_warns_and_checks() -> None:
-    with pytest.warns(DeprecationWarning, match="validation.check_finite"):
-        index.check_finite(torch.zeros(2, 2), "x")
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="x contains NaN"):
-        index.check_finite(torch.tensor([[0.0, float("nan")]]), "x")
 
 
 def test_knn_search_errors() -> None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lightly_grpo.loss import GRPORMLoss, degenerate_groups, group_advantages
+from lightly_grpo.losses.grpo import GRPORMLoss, degenerate_groups, group_advantages
 
 
 def _hand_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

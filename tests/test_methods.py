@@ -8,7 +8,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lightly_grpo.methods import METHODS, MethodSettings, build_method, method_spec
+from lightly_grpo.chains.config import PosttrainConfig
+from lightly_grpo.methods import METHODS, build_method, method_spec, with_lr
 from lightly_grpo.stage import GRPORMStage
 from tests.test_stage import digit_loader, small_cnn, trainer
 
@@ -33,7 +34,7 @@ def test_the_registry_holds_the_benchmarked_methods_in_table_order() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         build_method("ce-linear", small_cnn(), 1, 32)
     with pytest.raises(ValueError, match="lr_backbone"):
-        MethodSettings().with_lr("lr_head", 1.0)
+        with_lr(PosttrainConfig(), "lr_head", 1.0)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -41,7 +42,7 @@ def test_each_method_takes_a_real_training_step_and_shares_the_settings(
     tmp_path: Path, name: str
 ) -> None:
     pl.seed_everything(0)
-    settings = MethodSettings(lr_backbone=3e-4, lr_criterion=2e-3, weight_decay=0.05)
+    settings = PosttrainConfig(lr_backbone=3e-4, lr_criterion=2e-3, weight_decay=0.05)
     model = build_method(name, small_cnn(), 10, 32, settings)
     loader = digit_loader(128, 64)
     model.init_criterion(loader)
@@ -65,7 +66,7 @@ def test_each_method_takes_a_real_training_step_and_shares_the_settings(
 
 
 def test_grpo_variants_differ_in_reward_and_reference_only() -> None:
-    settings = MethodSettings(uniformity=0.5, beta=0.2, temperature=0.05)
+    settings = PosttrainConfig(uniformity_reward=0.5, beta=0.2, temperature=0.05)
     kl = build_method("grpo-kl", small_cnn(), 10, 32, settings)
     plain = build_method("grpo-accuracy", small_cnn(), 10, 32, settings)
     assert isinstance(kl, GRPORMStage) and isinstance(plain, GRPORMStage)
@@ -78,7 +79,7 @@ def test_grpo_variants_differ_in_reward_and_reference_only() -> None:
 
 
 def test_a_variant_overrides_settings_and_rejects_unknown_ones() -> None:
-    variant = build_method("grpo-uniformity@uniformity=2.5,temperature=0.2", small_cnn(), 10, 32)
+    variant = build_method("grpo-uniformity@uniformity_reward=2.5,temperature=0.2", small_cnn(), 10, 32)
     assert isinstance(variant, GRPORMStage)
     assert variant.criterion.temperature == 0.2 and "weight=2.5" in repr(variant.criterion.reward)
     spec = method_spec("ce-linear@warmup_steps=5")

@@ -22,6 +22,7 @@ from lightly_grpo.rewards import (
     neighbor_reward,
     reward_from_config,
 )
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 from tests.lightning_fit import fit_steps
 
@@ -216,12 +217,7 @@ def test_stage_trains_on_indexed_two_view_batches_and_refreshes(tmp_path: Path) 
     torch.manual_seed(0)
     train, bank_data = _two_view_dataset()
     output_set = NeighborOutputSet(24, 8, num_neighbors=3)
-    stage = GRPORMStage(
-        _Tiny(),
-        criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward()),
-        batchnorm="train",
-        lr_backbone=1e-2,
-    )
+    stage = GRPORMStage(_Tiny(), criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward()), batchnorm="train", lr_backbone=1e-2)
     output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
     before = output_set.neighbors.clone()
     refresh = OutputSetRefresh(bank_data, every_n_epochs=1, batch_size=10)
@@ -247,7 +243,7 @@ def test_stage_trains_on_indexed_two_view_batches_and_refreshes(tmp_path: Path) 
 
 def test_embed_bank_keeps_dataset_order_and_interleave_undoes_striding() -> None:
     _, bank_data = _two_view_dataset(10)
-    module = GRPORMStage(_Tiny(), num_classes=3, embedding_size=8)
+    module = GRPORMStage(_Tiny(), GRPORMClassificationLoss(3, 8))
     bank = embed_bank(module, bank_data, batch_size=3)
     with torch.no_grad():
         module.eval()
@@ -333,9 +329,7 @@ def test_a_refresh_also_updates_the_batch_sampler(tmp_path: Path) -> None:
     torch.manual_seed(0)
     train, bank_data = _two_view_dataset()
     output_set = NeighborOutputSet(24, 8, num_neighbors=3)
-    stage = GRPORMStage(
-        _Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train", lr_backbone=0.05
-    )
+    stage = GRPORMStage(_Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train", lr_backbone=0.05)
     output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
     sampler = NeighborBatchSampler(output_set.neighbors, batch_size=8, seed=0)
     loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)

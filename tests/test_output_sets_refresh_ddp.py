@@ -14,13 +14,14 @@ from torch.utils.data import TensorDataset
 from lightly_grpo.distributed import broadcast_buffers
 from lightly_grpo.output_sets import NeighborOutputSet
 from lightly_grpo.output_sets.refresh import embed_bank
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 
 
 def _stage() -> GRPORMStage:
     torch.manual_seed(0)  # the same weights on every rank
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(16, 8))
-    return GRPORMStage(backbone, num_classes=3, embedding_size=8)
+    return GRPORMStage(backbone, GRPORMClassificationLoss(3, 8))
 
 
 def _dataset(n: int) -> TensorDataset:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import warnings
-
 import lightly_grpo
 
 
@@ -18,12 +15,3 @@ def test_top_level_exports_the_most_used_names() -> None:
     assert lightly_grpo.RetrievalEvaluationCallback is RetrievalEvaluationCallback
     for name in lightly_grpo.__all__:
         assert getattr(lightly_grpo, name) is not None, name
-
-
-def test_old_module_paths_keep_working() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        loss = importlib.import_module("lightly_grpo.loss")
-        classification = importlib.import_module("lightly_grpo.classification_loss")
-    assert loss.GRPORMLoss is lightly_grpo.GRPORMLoss
-    assert classification.GRPORMClassificationLoss is lightly_grpo.GRPORMClassificationLoss

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from lightly_grpo import simclr
 from lightly_grpo.backbones import backbone_output_dim, build_backbone, load_backbone
 from lightly_grpo.data import make_loader, resolve_dataset, subset
 from lightly_grpo.pretrain import (
@@ -29,8 +28,6 @@ def test_registry_knows_simclr_by_its_name() -> None:
     method = get_pretrain_method("simclr")
     assert isinstance(method, SimCLRMethod) and method.module_class is SimCLRModule
     assert method.backbone_prefix == "backbone."
-    # The old import path still gives the same class.
-    assert simclr.SimCLRModule is SimCLRModule
 
 
 def test_unknown_method_lists_the_known_ones() -> None:

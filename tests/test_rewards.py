@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightly_grpo.loss import group_advantages
+from lightly_grpo.losses.grpo import group_advantages
 from lightly_grpo.rewards import (
     AccuracyReward,
     RewardInputs,

@@ -20,10 +20,11 @@ from lightly_grpo.data import (
     make_loader,
     simclr_transform,
 )
-from lightly_grpo.losses import GRPORMPolicyLoss
+from lightly_grpo.embedding import unpack_batch
+from lightly_grpo.losses import GRPORMClassificationLoss, GRPORMPolicyLoss
 from lightly_grpo.output_sets import ClassPrototypes
 from lightly_grpo.rewards import AccuracyReward, UniformityReward
-from lightly_grpo.stage import GRPORMStage, split_batch
+from lightly_grpo.stage import GRPORMStage
 
 
 def small_cnn() -> nn.Module:
@@ -70,8 +71,8 @@ def test_short_real_run_on_digits_raises_policy_accuracy_well_above_chance(
     pl.seed_everything(0)
     train = digits("train", eval_transform(16))
     test = digits("test", eval_transform(16))
-    stage = GRPORMStage(small_cnn(), num_classes=10, embedding_size=32, lr_backbone=3e-3)
-    stage.init_prototypes(make_loader(train, 256, shuffle=False))
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), lr_backbone=3e-3)
+    stage.init_criterion(make_loader(train, 256, shuffle=False))
     before = policy_accuracy(stage, test)
     metrics = MetricCallback()
     trainer(tmp_path, epochs=8, callbacks=[metrics]).fit(
@@ -92,7 +93,7 @@ def test_batchnorm_frozen_by_default_and_trained_on_request(tmp_path: Path) -> N
     loader = make_loader(Subset(train, range(128)), 64, shuffle=False)
     for mode, should_change in (("freeze", False), ("train", True)):
         pl.seed_everything(0)
-        stage = GRPORMStage(small_cnn(), 10, 32, batchnorm=mode)
+        stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), batchnorm=mode)
         bn = stage.backbone[1]
         before = bn.running_mean.clone()
         trainer(tmp_path, max_steps=2).fit(stage, loader)
@@ -117,8 +118,8 @@ def test_inner_steps_clip_and_reference_kl_are_logged(tmp_path: Path) -> None:
     pl.seed_everything(0)
     train = digits("train", eval_transform(16))
     loader = make_loader(Subset(train, range(256)), 64, shuffle=True, drop_last=True)
-    stage = GRPORMStage(small_cnn(), 10, 32, inner_steps=4, beta=0.1, lr_backbone=1e-2)
-    stage.init_prototypes(loader)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=4, lr_backbone=1e-2)
+    stage.init_criterion(loader)
     metrics = MetricCallback()
     trainer(tmp_path, epochs=2, callbacks=[metrics]).fit(stage, loader)
     assert metrics.train_metrics["train/clip_fraction_epoch"][-1] > 0
@@ -131,9 +132,9 @@ def test_lightly_multiview_batches_and_checkpoint_round_trip(tmp_path: Path) -> 
     pl.seed_everything(0)
     views = digits("train", simclr_transform(16))
     loader = make_loader(Subset(views, range(64)), 32, shuffle=False)
-    images, labels = split_batch(next(iter(loader)))
+    images, labels = unpack_batch(next(iter(loader)), require_labels=True)
     assert images.shape == (64, 1, 16, 16) and labels.shape == (64,)
-    stage = GRPORMStage(small_cnn(), 10, 32)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32))
     fit = trainer(tmp_path, max_steps=2)
     fit.fit(stage, loader)
     path = tmp_path / "stage.ckpt"
@@ -146,16 +147,16 @@ def test_lightly_multiview_batches_and_checkpoint_round_trip(tmp_path: Path) -> 
 
 def test_bad_batches_and_arguments_raise() -> None:
     with pytest.raises(ValueError, match="empty batch"):
-        split_batch((torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))
+        unpack_batch((torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), require_labels=True)
     with pytest.raises(ValueError, match="this batch has no labels"):
-        split_batch(torch.zeros(2, 1, 8, 8))
+        unpack_batch(torch.zeros(2, 1, 8, 8), require_labels=True)
     with pytest.raises(ValueError, match="expected a batch"):
-        split_batch({"images": torch.zeros(2, 1, 8, 8)})
+        unpack_batch({"images": torch.zeros(2, 1, 8, 8)}, require_labels=True)
     with pytest.raises(ValueError, match="batchnorm must be one of"):
-        GRPORMStage(small_cnn(), 10, 32, batchnorm="sometimes")
+        GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), batchnorm="sometimes")
     with pytest.raises(ValueError, match="inner_steps must be >= 1, got 0"):
-        GRPORMStage(small_cnn(), 10, 32, inner_steps=0)
-    stage = GRPORMStage(small_cnn(), 10, 32)
+        GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), inner_steps=0)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\), got \[12\]"):
         stage.criterion(torch.randn(2, 32), torch.tensor([1, 12]))
     assert np.isfinite(float(stage.criterion(torch.randn(2, 32), torch.tensor([1, 2]))))
@@ -177,7 +178,7 @@ def digit_loader(count: int = 128, batch_size: int = 64) -> Any:
 
 def test_recompute_batchnorm_on_a_frozen_stage_re_estimates_instead_of_resetting() -> None:
     torch.manual_seed(0)
-    stage = GRPORMStage(small_cnn(), 10, 32)  # batchnorm="freeze", the default
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32))  # batchnorm="freeze", the default
     stage.train()
     images = next(iter(digit_loader(64, 64)))[0]
     assert stage.recompute_batchnorm([images]) == 1
@@ -193,11 +194,11 @@ def test_recompute_batchnorm_on_a_frozen_stage_re_estimates_instead_of_resetting
 
 def test_reference_model_is_untouched_by_recompute_and_training(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    stage = GRPORMStage(small_cnn(), 10, 32, beta=0.1, inner_steps=2, lr_backbone=1e-2)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=2, lr_backbone=1e-2)
     assert stage.reference is not None
     before = {k: v.clone() for k, v in stage.reference.state_dict().items()}
     loader = digit_loader()
-    stage.init_prototypes(loader)
+    stage.init_criterion(loader)
     fit = trainer(tmp_path, max_steps=2)
     fit.fit(stage, loader)
     stage.recompute_batchnorm(loader)
@@ -215,9 +216,9 @@ def test_reference_model_is_untouched_by_recompute_and_training(tmp_path: Path) 
 
 def test_flatten_is_shared_by_policy_and_reference_for_4d_backbones(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    stage = GRPORMStage(lightly_style_cnn(), 10, 6, head=nn.Linear(8, 6), beta=0.5)
+    stage = GRPORMStage(lightly_style_cnn(), GRPORMClassificationLoss(10, 6, beta=0.5), head=nn.Linear(8, 6))
     loader = digit_loader()
-    stage.init_prototypes(loader)
+    stage.init_criterion(loader)
     metrics = MetricCallback()
     trainer(tmp_path, max_steps=2, callbacks=[metrics]).fit(stage, loader)
     assert np.isfinite(metrics.train_metrics["train/kl_epoch"][-1])
@@ -242,7 +243,7 @@ def test_inner_steps_sample_the_group_once_per_batch(tmp_path: Path) -> None:
 def test_checkpoint_restores_the_reward_and_the_output_set(tmp_path: Path) -> None:
     pl.seed_everything(0)
     reward = AccuracyReward(2.0) + UniformityReward(0.5, form="similarity", clamp=False)
-    stage = GRPORMStage(small_cnn(), 10, 32, reward=reward, temperature=0.2, group_size=4)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, reward=reward, temperature=0.2, group_size=4))
     fit = trainer(tmp_path, max_steps=1)
     fit.fit(stage, digit_loader())
     path = tmp_path / "stage.ckpt"
@@ -254,22 +255,14 @@ def test_checkpoint_restores_the_reward_and_the_output_set(tmp_path: Path) -> No
 
 
 def test_progress_bar_shows_what_tells_the_run_learns(tmp_path: Path) -> None:
-    stage = GRPORMStage(small_cnn(), 10, 32)
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32))
     fit = trainer(tmp_path, max_steps=1)
     fit.fit(stage, digit_loader(64, 64))
     assert {"reward", "accuracy", "entropy"} <= set(fit.progress_bar_metrics)
 
 
 def test_parameter_groups_and_learning_rates() -> None:
-    stage = GRPORMStage(
-        small_cnn(),
-        10,
-        32,
-        lr_backbone=1e-4,
-        lr_prototypes=5e-3,
-        weight_decay=0.05,
-        lr_schedule="constant",
-    )
+    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), lr_backbone=1e-4, lr_criterion=5e-3, weight_decay=0.05, lr_schedule="constant")
     optimizer = stage.configure_optimizers()
     groups = {g["name"]: g for g in optimizer.param_groups}
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
@@ -289,8 +282,8 @@ def test_stage_given_a_criterion_and_bad_construction() -> None:
     criterion = GRPORMPolicyLoss(ClassPrototypes(10, 32), temperature=0.3)
     stage = GRPORMStage(small_cnn(), criterion=criterion)
     assert stage.criterion is criterion and stage.requires_labels
-    with pytest.raises(ValueError, match="needs a criterion, or num_classes and embedding_size"):
-        GRPORMStage(small_cnn())
+    with pytest.raises(TypeError, match="criterion"):
+        GRPORMStage(small_cnn())  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="criterion must be a GRPORMPolicyLoss"):
         GRPORMStage(small_cnn(), criterion=nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ClassPrototypes needs class labels"):

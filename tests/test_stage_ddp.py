@@ -27,6 +27,7 @@ from lightly_grpo.baselines import MetricLossBaseline
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets import KMeansPrototypes, NeighborOutputSet
 from lightly_grpo.posttraining import PostTrainingModule
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 
 ITEMS, PER_RANK, DIM = 16, 8, 8
@@ -80,7 +81,7 @@ def _stage(output_set: str, gather: bool = True) -> PostTrainingModule:
         )
         return MetricLossBaseline(backbone, loss, gather_distributed=gather)
     if output_set == "classes":
-        stage = GRPORMStage(backbone, num_classes=3, embedding_size=DIM, gather_distributed=gather)
+        stage = GRPORMStage(backbone, GRPORMClassificationLoss(3, DIM), gather_distributed=gather)
         stage.init_criterion(DataLoader(TwoViews(), batch_size=ITEMS))
         return stage
     with torch.no_grad():

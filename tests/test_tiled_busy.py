@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchlib.synthetic import exact_unit
 from lightly_grpo.index import knn_search, tiled
-from lightly_grpo.index.exact import exact_unit
 from lightly_grpo.index.tiled import tiled_available, tiled_knn_chunks
 
 pytestmark = pytest.mark.skipif(not tiled_available(), reason="extension not built")

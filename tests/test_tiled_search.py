@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchlib.synthetic import exact_unit
 from lightly_grpo.index import knn_search, tiled
-from lightly_grpo.index.exact import exact_unit
 from lightly_grpo.index.tiled import (
     candidate_capacity,
     sample_rank,
@@ -282,15 +282,3 @@ def test_any_thread_count(threads: int) -> None:
             x, x, 33, exclude_self=True, symmetric=symmetric, tile_size=24, threads=threads
         )
         assert torch.equal(indices, reference[1])
-
-
-def test_old_module_name_reads_and_writes_the_tiled_module() -> None:
-    from lightly_grpo import tiled_search
-
-    assert tiled_search.tiled_knn_chunks is tiled.tiled_knn_chunks
-    previous = tiled.DEFAULT_SYMMETRIC_MEMORY_BYTES
-    try:
-        tiled_search.DEFAULT_SYMMETRIC_MEMORY_BYTES = 0  # What bench_retrieval.py does.
-        assert tiled.DEFAULT_SYMMETRIC_MEMORY_BYTES == 0
-    finally:
-        tiled.DEFAULT_SYMMETRIC_MEMORY_BYTES = previous

@@ -16,30 +16,52 @@ A run folder's ``config.json`` is :func:`dataclasses.asdict` of its config and l
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightly_grpo.backbones import BACKBONE_PREFIX, TEACHER_BACKBONE_PREFIX
 from lightly_grpo.data import POSTTRAIN_AUGMENTATIONS
 from lightly_grpo.data.config import DataConfig
+from lightly_grpo.losses.policy import GRPORMPolicyLoss
+from lightly_grpo.output_sets.neighbors import IN_BATCH_UNIFORMITY_WEIGHT, NeighborOutputSet
+from lightly_grpo.posttraining import BATCHNORM_MODES, PostTrainingModule
 from lightly_grpo.pretrain import PRETRAIN_METHODS
-from lightly_grpo.rewards import UniformityReward
-from lightly_grpo.stage import BATCHNORM_MODES, GRPORMStage
+from lightly_grpo.rewards import (
+    DEFAULT_UNIFORMITY_WEIGHT,
+    UniformityReward,
+    build_reward,
+    neighbor_reward,
+)
+from lightly_grpo.stage import GRPORMStage
 
-_STAGE_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(GRPORMStage.__init__).parameters.items()
-    if parameter.default is not inspect.Parameter.empty
-}
+
+def default_of(owner: Callable[..., Any], name: str) -> Any:
+    """The default of argument ``name`` of ``owner`` (a class or function): a config field reads
+    its default from the object that uses it, so each default is declared once.
+
+    Examples:
+        >>> default_of(GRPORMPolicyLoss, "temperature")
+        0.1
+    """
+    function = owner.__init__ if isinstance(owner, type) else owner  # type: ignore[misc]
+    parameter = inspect.signature(function).parameters[name]
+    if parameter.default is inspect.Parameter.empty:
+        raise ValueError(f"{owner.__qualname__}({name}) has no default")
+    return parameter.default
 
 
-def stage_option(name: str, help: str, **kwargs: Any) -> Any:
-    """An :func:`option` whose default is ``GRPORMStage``'s own: the value is declared once."""
-    return option(_STAGE_DEFAULTS[name], help, **kwargs)
+def owned_option(owner: Callable[..., Any], name: str, help: str, **kwargs: Any) -> Any:
+    """An :func:`option` whose default is argument ``name``'s of ``owner`` (:func:`default_of`)."""
+    return option(default_of(owner, name), help, **kwargs)
 
 
 def option(
-    default: Any, help: str, flag: str | None = "", choices: tuple[Any, ...] | None = None
+    default: Any,
+    help: str,
+    flag: str | None = "",
+    choices: tuple[Any, ...] | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field with its command-line flag: ``dataclasses.field`` plus metadata.
 
@@ -49,6 +71,7 @@ def option(
         flag: The flag; ``""`` derives it from the field name, ``None`` keeps it off the
             command line.
         choices: Allowed values.
+        aliases: Other spellings of the flag, e.g. its name in a released version.
 
     Examples:
         >>> from dataclasses import dataclass, fields
@@ -58,7 +81,7 @@ def option(
         >>> fields(Example)[0].metadata["flag"], Example().epochs
         ('--train-epochs', 10)
     """
-    metadata = {"help": help, "flag": flag, "choices": choices}
+    metadata = {"help": help, "flag": flag, "choices": choices, "aliases": aliases}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -124,25 +147,6 @@ class EvalConfig:
     grid_queries: int = option(8, "query rows of the report's retrieval grid")
 
 
-#: lambda of the uniformity reward of the class and k-means output sets, and of the neighbour one:
-#: in a group of 2B - 1 in-batch candidates pi_old is small, so the penalty that makes hard
-#: negatives count must be larger (recipes/benchmarks/RESULTS.md, "Unlabeled").
-DEFAULT_UNIFORMITY = 1.0
-NEIGHBOR_UNIFORMITY = 10.0
-
-
-def uniformity_weight(cfg: PosttrainConfig) -> float:
-    """``cfg.uniformity_reward``, or the default of its output set when it is None.
-
-    Examples:
-        >>> uniformity_weight(PosttrainConfig(output_set="neighbors"))
-        10.0
-    """
-    if cfg.uniformity_reward is not None:
-        return cfg.uniformity_reward
-    return NEIGHBOR_UNIFORMITY if cfg.output_set == "neighbors" else DEFAULT_UNIFORMITY
-
-
 @dataclass
 class PosttrainConfig:
     """GRPO-RM post-training on a labeled share of the train split."""
@@ -173,29 +177,45 @@ class PosttrainConfig:
         "labeled-image augmentation: none, light (crop + flip) or simclr (two views)",
         choices=POSTTRAIN_AUGMENTATIONS,
     )
-    temperature: float = stage_option("temperature", "policy temperature (similarity / T)")
-    accuracy_reward: float = option(1.0, "weight of the accuracy reward")
+    temperature: float = owned_option(
+        GRPORMPolicyLoss, "temperature", "policy temperature (similarity / T)"
+    )
+    accuracy_reward: float = owned_option(build_reward, "accuracy", "weight of the accuracy reward")
     uniformity_reward: float | None = option(
         None,
         "lambda of the uniformity reward (-lambda pi_old on wrong outputs); 0 disables; default "
-        f"{DEFAULT_UNIFORMITY} for classes and kmeans, {NEIGHBOR_UNIFORMITY} for neighbors",
+        f"{DEFAULT_UNIFORMITY_WEIGHT} for classes and kmeans, {IN_BATCH_UNIFORMITY_WEIGHT} for "
+        "neighbors",
     )
-    uniformity_form: str = option(
-        "policy", "form of the uniformity reward", choices=UniformityReward.FORMS
+    uniformity_form: str = owned_option(
+        UniformityReward, "form", "form of the uniformity reward", choices=UniformityReward.FORMS
     )
-    clip_eps: float = stage_option("clip_eps", "PPO clip epsilon (acts with --inner-steps > 1)")
-    beta: float = stage_option("beta", "reference KL weight")
-    inner_steps: int = stage_option("inner_steps", "optimizer steps per batch")
-    group_size: int | None = stage_option(
-        "group_size", "outputs per group ('none' for all classes)"
+    clip_eps: float = owned_option(
+        GRPORMPolicyLoss, "clip_eps", "PPO clip epsilon (acts with --inner-steps > 1)"
     )
-    lr_backbone: float = stage_option("lr_backbone", "backbone learning rate")
-    lr_prototypes: float = stage_option("lr_prototypes", "prototype learning rate")
-    weight_decay: float = stage_option("weight_decay", "AdamW weight decay")
-    batchnorm: str = stage_option(
-        "batchnorm", "BatchNorm statistics policy", choices=BATCHNORM_MODES
+    beta: float = owned_option(GRPORMPolicyLoss, "beta", "reference KL weight")
+    inner_steps: int = owned_option(GRPORMStage, "inner_steps", "optimizer steps per batch")
+    group_size: int | None = owned_option(
+        GRPORMPolicyLoss, "group_size", "outputs per group ('none' for all classes)"
     )
-    compile_loss: bool = stage_option("compile_loss", "torch.compile the loss's fused math")
+    lr_backbone: float = owned_option(PostTrainingModule, "lr_backbone", "backbone learning rate")
+    lr_criterion: float = owned_option(
+        PostTrainingModule,
+        "lr_criterion",
+        "learning rate of the criterion's parameters: GRPO-RM's prototypes, a baseline's head "
+        "or proxies (--lr-prototypes in 0.2)",
+        aliases=("--lr-prototypes",),
+    )
+    weight_decay: float = owned_option(PostTrainingModule, "weight_decay", "AdamW weight decay")
+    warmup_steps: int = owned_option(
+        PostTrainingModule, "warmup_steps", "linear warmup steps of the cosine schedule"
+    )
+    batchnorm: str = owned_option(
+        PostTrainingModule, "batchnorm", "BatchNorm statistics policy", choices=BATCHNORM_MODES
+    )
+    compile_loss: bool = owned_option(
+        GRPORMPolicyLoss, "compile_math", "torch.compile the loss's fused math"
+    )
     baselines: list[str] = option(
         [],
         "methods of lightly_grpo.methods (e.g. ce-linear, supcon) trained beside GRPO-RM from the "
@@ -217,9 +237,15 @@ class PosttrainConfig:
     unlabeled_images: int | None = option(
         None, "train-split images used without labels by --output-set neighbors/kmeans (all)"
     )
-    num_neighbors: int = option(20, "reference-space neighbours per image (--output-set neighbors)")
-    neighbor_reward: float = option(
-        0.5, "reward of a reference-space neighbour (the image's other view gets 1)"
+    num_neighbors: int = owned_option(
+        NeighborOutputSet,
+        "num_neighbors",
+        "reference-space neighbours per image (--output-set neighbors)",
+    )
+    neighbor_reward: float = owned_option(
+        neighbor_reward,
+        "neighbor",
+        "reward of a reference-space neighbour (the image's other view gets 1)",
     )
     num_clusters: int | None = option(
         None, "k-means centroids of --output-set kmeans (default: the number of classes)"
@@ -305,8 +331,6 @@ DEMO_OVERLAY: dict[str, Any] = {
 
 __all__ = [
     "CHECKPOINT_BACKBONES",
-    "DEFAULT_UNIFORMITY",
-    "NEIGHBOR_UNIFORMITY",
     "DEMO_OVERLAY",
     "DataConfig",
     "DemoConfig",
@@ -315,6 +339,7 @@ __all__ = [
     "PosttrainConfig",
     "PretrainConfig",
     "TrainerConfig",
+    "default_of",
     "option",
-    "uniformity_weight",
+    "owned_option",
 ]

@@ -47,8 +47,6 @@ from lightly_grpo.report import write_report
 
 #: Maps unnormalised (N, D) CPU embeddings to (N,) predicted classes: a model's own head.
 ClassifierFn = Callable[[Tensor], Tensor]
-#: The name of :data:`ClassifierFn` in version 0.2.
-PolicyFn = ClassifierFn
 
 
 def eval_split(data: DataConfig, split: str) -> Any:
@@ -294,16 +292,6 @@ class RunOutputs:
         """Model name -> metric name -> value."""
         return {name: dict(result.metrics) for name, result in self.results.items()}
 
-    def __getitem__(self, key: str) -> Any:
-        """The dict the chains returned before (``out["metrics"]``); deprecated."""
-        warnings.warn(
-            f"chain outputs are a RunOutputs object now: use .{key} instead of [{key!r}]",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        value = getattr(self, key)
-        return str(value) if isinstance(value, Path) else value
-
 
 def evaluate_run(cfg: EvaluateConfig) -> RunOutputs:
     """Evaluates checkpoints (ours, a lightly recipe's, or a plain state dict) side by side.
@@ -377,7 +365,6 @@ __all__ = [
     "ClassifierFn",
     "EmbeddingEvaluation",
     "EvaluationData",
-    "PolicyFn",
     "RunOutputs",
     "backbone_embed_fn",
     "class_means_accuracy",

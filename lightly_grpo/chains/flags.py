@@ -39,6 +39,7 @@ class Flag:
         type: The field's type hint.
         help: Help text.
         choices: Allowed values, or None.
+        aliases: Other spellings of the flag (names of a released version).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Flag:
     type: Any
     help: str
     choices: tuple[Any, ...] | None
+    aliases: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -119,6 +121,7 @@ def collect_flags(root: type, exclude: Sequence[str] = ()) -> list[Flag]:
                 type=hint,
                 help=item.metadata.get("help") or comments.get(item.name, ""),
                 choices=item.metadata.get("choices"),
+                aliases=tuple(item.metadata.get("aliases", ())),
             )
 
     walk(root, ())
@@ -195,7 +198,7 @@ def add_flags(
         if flag.positional:
             groups[section].add_argument(flag.dest, **kwargs)
         else:
-            groups[section].add_argument(flag.name, dest=flag.dest, **kwargs)
+            groups[section].add_argument(flag.name, *flag.aliases, dest=flag.dest, **kwargs)
 
 
 def overrides_from_args(args: argparse.Namespace, flags: Sequence[Flag]) -> dict[str, Any]:

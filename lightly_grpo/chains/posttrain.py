@@ -1,32 +1,45 @@
-"""The post-training chain: GRPO-RM on a labeled share of the train split, then the report that
-compares the pretrained backbone with the post-trained one (method: ``docs/method.md``)."""
+"""The post-training run: one sequence for every output set, GRPO-RM and every baseline.
+
+``posttrain`` loads a pretrained backbone, asks the recipe of ``cfg.output_set``
+(:mod:`lightly_grpo.chains.recipes`) for the data, the criterion, the callbacks and the extra
+metrics, trains GRPO-RM and the requested baselines through :func:`fit_stage`, evaluates every
+model beside the pretrained backbone and writes the report (method: ``docs/method.md``).
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from lightly_grpo.backbones import backbone_output_dim, export_backbone, load_backbone
-from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig, uniformity_weight
+from lightly_grpo.chains.config import CHECKPOINT_BACKBONES, PosttrainConfig
 from lightly_grpo.chains.evaluate import (
+    ClassifierFn,
+    EmbeddingEvaluation,
     EvaluationData,
     RunOutputs,
     backbone_embed_fn,
-    eval_split,
     evaluate_embeddings,
-    evaluation_data,
     report_models,
 )
 from lightly_grpo.chains.flags import RUN_FACTS_KEY
+from lightly_grpo.chains.recipes import (
+    OutputSetRecipe,
+    TrainData,
+    bn_loader,
+    output_set_recipe,
+    shuffled_loader,
+)
 from lightly_grpo.chains.runtime import (
     EpochHistory,
     check_not_posttrained,
@@ -35,329 +48,332 @@ from lightly_grpo.chains.runtime import (
     resume_from,
     save_final_checkpoint,
 )
-from lightly_grpo.data import (
-    check_training_data,
-    dataset_labels,
-    labeled_subset,
-    make_loader,
-    posttrain_transform,
-    resolve_dataset,
-    split_validation,
-    subset,
-)
 from lightly_grpo.distributed import is_global_zero
-from lightly_grpo.embedding import eval_mode
-from lightly_grpo.losses import GRPORMClassificationLoss, GRPORMPolicyLoss
-from lightly_grpo.methods import MethodSettings, build_method, method_spec
+from lightly_grpo.embedding import EmbedFn, eval_mode
+from lightly_grpo.methods import build_method, grpo_stage, method_spec
 from lightly_grpo.posttraining import PostTrainingModule
-from lightly_grpo.rewards import build_reward
+from lightly_grpo.pretrain.simclr import SimCLRModule
 from lightly_grpo.stage import GRPORMStage
 
 #: The report's name of the checkpoint's backbone before post-training.
 PRETRAINED_NAME = "Pretrained backbone"
+#: The ``--baselines`` name and the report's name of continued SimCLR training.
+SIMCLR = "simclr"
+SIMCLR_BASELINE = "continued SimCLR"
 
 
-@dataclass
-class LabeledData:
-    """The labeled share of the train split that post-training sees, and its validation images.
-
-    Attributes:
-        train: Augmented labeled images, shuffled by the training seed (the training batches).
-        init: The same images through the eval transform (the class means of the prototypes).
-        size: Number of labeled images.
-        num_classes: Number of classes of the train split.
-        validation: Held-out train-split images (eval transform), disjoint from the labeled ones,
-            for the per-epoch validation accuracy; None when ``val_images`` is 0.
-    """
-
-    train: DataLoader[Any]
-    init: DataLoader[Any]
-    size: int
-    num_classes: int
-    validation: DataLoader[Any] | None = None
-
-
-def labeled_data(cfg: PosttrainConfig) -> LabeledData:
-    """A class-balanced ``label_fraction`` of the train split, as training and init loaders, plus
-    ``val_images`` validation images of the train split that are never trained on.
-
-    Which images are picked depends on ``data.data_seed`` only; the shuffling follows
-    ``data.seed``. Validation images are held out first, so the labeled images come from the
-    rest and a run never validates on an image it trained on (nor on a test image).
-    """
-    data = cfg.data
-    train_split = resolve_dataset(
-        data.dataset, "train", None, root=data.data_root, seed=data.data_seed
-    )
-    labels = dataset_labels(train_split)
-    val_size = len(labels) // 5 if cfg.val_images is None else cfg.val_images
-    val_size = min(val_size, len(labels) // 2)  # never more than half of a small train split
-    validation, pool = (
-        split_validation(labels, val_size, seed=data.data_seed)
-        if val_size > 0
-        else (np.zeros(0, dtype=np.int64), np.arange(len(labels)))
-    )
-    indices = labeled_subset(labels, cfg.label_fraction, seed=data.data_seed, base=pool).tolist()
-    transform = posttrain_transform(cfg.augment, data.input_size, data.in_channels)
-    train = Subset(
-        resolve_dataset(data.dataset, "train", transform, root=data.data_root, seed=data.data_seed),
-        indices,
-    )
-    # An empty or single-class labeled set fails here, with its numbers, before any training.
-    # A set smaller than the batch trains in one batch of all its images (the batch is capped).
-    check_training_data(train, 1, drop_last=True, min_classes=2, name="labeled training set")
-    eval_train = eval_split(data, "train")
-    return LabeledData(
-        train=make_loader(
-            train,
-            min(cfg.batch_size, len(indices)),
-            shuffle=True,
-            drop_last=True,
-            num_workers=data.num_workers,
-            seed=data.seed,
-        ),
-        init=make_loader(Subset(eval_train, indices), cfg.eval.batch_size, shuffle=False),
-        size=len(indices),
-        num_classes=int(labels.max()) + 1,
-        validation=(
-            make_loader(Subset(eval_train, validation.tolist()), cfg.eval.batch_size, shuffle=False)
-            if len(validation)
-            else None
-        ),
-    )
-
-
-def build_stage(cfg: PosttrainConfig, backbone: nn.Module, num_classes: int) -> GRPORMStage:
-    """The GRPORMStage for a config: the one place that maps settings to the stage.
-
-    The criterion (class prototypes as the output set, the configured reward) is built here and
-    given to the stage; the embedding size is measured with one dummy image.
-    """
-    shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
-    criterion = GRPORMClassificationLoss(
-        num_classes,
-        backbone_output_dim(backbone, shape),
-        temperature=cfg.temperature,
-        reward=build_reward(cfg.accuracy_reward, uniformity_weight(cfg), cfg.uniformity_form),
-        clip_eps=cfg.clip_eps,
-        beta=cfg.beta,
-        group_size=cfg.group_size,
-        compile_math=cfg.compile_loss,
-    )
-    return stage_from_config(cfg, backbone, criterion)
-
-
-def stage_from_config(
-    cfg: PosttrainConfig, backbone: nn.Module, criterion: GRPORMPolicyLoss
-) -> GRPORMStage:
-    """The stage around a ready criterion with the config's optimisation settings (every
-    output set, labeled or not, trains under the same ones)."""
-    return GRPORMStage(
-        backbone,
-        criterion=criterion,
-        inner_steps=cfg.inner_steps,
-        lr_backbone=cfg.lr_backbone,
-        lr_prototypes=cfg.lr_prototypes,
-        weight_decay=cfg.weight_decay,
-        batchnorm=cfg.batchnorm,
-    )
-
-
-def unlabeled_loader(cfg: PosttrainConfig) -> DataLoader[Any]:
-    """Train-split images (eval transform) that re-estimate BatchNorm statistics."""
-    batch = cfg.eval.batch_size
-    unlabeled = subset(eval_split(cfg.data, "train"), 50 * batch, cfg.data.data_seed + 3)
-    return make_loader(unlabeled, batch, shuffle=False)
-
-
-def fit_stage(
-    trainer: pl.Trainer,
-    stage: PostTrainingModule,
-    labeled: LabeledData,
-    cfg: PosttrainConfig,
-    ckpt_path: str | None = None,
-) -> float:
-    """Initialises the criterion (GRPO-RM's prototypes at the class means), trains, and leaves
-    the module in eval mode on the trainer's device (with re-estimated BatchNorm statistics for
-    ``batchnorm="recompute"``). GRPO-RM and every baseline train through here.
-
-    Returns:
-        The training time in seconds.
-    """
-    device = trainer.strategy.root_device
-    stage.to(device).init_criterion(labeled.init)
-    started = time.perf_counter()
-    stage.train()  # a loaded backbone arrives in eval mode
-    # From ckpt_path (a resumed run), Lightning restores the weights, the output set, the
-    # optimizer, the schedule, the loop position, and through the callbacks the history and RNG.
-    trainer.fit(stage, labeled.train, labeled.validation, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - started
-    stage.to(device)  # Lightning's teardown moves the module back to the CPU
-    if cfg.batchnorm == "recompute":
-        stage.recompute_batchnorm(unlabeled_loader(cfg))
-    stage.eval()
-    return seconds
-
-
-def baseline_names(cfg: PosttrainConfig) -> list[str]:
-    """The configured baselines, checked against :data:`lightly_grpo.methods.METHODS`.
-
-    Raises:
-        ValueError: For an unknown method name (the message lists the known ones).
-    """
-    names = [name for name in cfg.baselines if name.lower() != "none"]
-    for name in names:
-        method_spec(name)
-    return names
-
-
-def fit_baseline(
-    name: str,
-    cfg: PosttrainConfig,
-    pretrained: nn.Module,
-    labeled: LabeledData,
-    out_dir: Path,
-) -> PostTrainingModule:
-    """Trains the method ``name`` from a copy of ``pretrained`` as GRPO-RM trains: the same
-    labeled images in the same order, epochs, learning rates, weight decay and BatchNorm policy
-    (``recompute`` included), from the same seed.
-
-    Returns:
-        The trained module, in eval mode on the trainer's device.
-    """
-    settings = MethodSettings(
-        lr_backbone=cfg.lr_backbone,
-        lr_criterion=cfg.lr_prototypes,
-        weight_decay=cfg.weight_decay,
-        batchnorm=cfg.batchnorm,
-        temperature=cfg.temperature,
-        uniformity=uniformity_weight(cfg),
-        beta=cfg.beta,
-    )
-    backbone = copy.deepcopy(pretrained)
-    shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
-    size = backbone_output_dim(backbone, shape)
-    # Seeded before the head exists, so a baseline does not depend on what trained before it.
-    pl.seed_everything(cfg.data.seed, workers=True, verbose=False)
-    module = build_method(name, backbone, labeled.num_classes, size, settings)
-    generator = labeled.train.generator
-    if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
-        generator.manual_seed(cfg.data.seed)
-    folder = out_dir / "baselines" / name
-    trainer = make_trainer(cfg.trainer, folder, cfg.epochs)
-    fit_stage(trainer, module, labeled, cfg, resume_from(cfg.resume, folder))
-    return module
-
-
-def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
-    """Loads a pretrained backbone, post-trains it with GRPO-RM and, when ``evaluate``, evaluates
-    the pretrained and the post-trained model and writes the report.
-
-    Writes ``grpo.ckpt``, ``backbone.pt`` and ``config.json`` (the config plus, under ``"run"``,
-    the labeled image count and training time) to ``cfg.out_dir``.
-
-    Examples:
-        >>> cfg = PosttrainConfig(checkpoint="runs/simclr/simclr.ckpt")
-        >>> outputs = posttrain(cfg)  # doctest: +SKIP
-        >>> outputs.metrics["GRPO-RM"]["classifier_accuracy"]  # doctest: +SKIP
-    """
-    if cfg.output_set != "classes":
-        from lightly_grpo.chains.unlabeled import posttrain_unlabeled
-
-        return posttrain_unlabeled(cfg, evaluate)
-    check_not_posttrained(cfg.checkpoint)
-    out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
-    baselines = baseline_names(cfg)  # unknown names fail before any training
-    labeled = labeled_data(cfg)
-    backbone = load_backbone(
+def load_posttrain_backbone(cfg: PosttrainConfig) -> nn.Module:
+    """The backbone of ``cfg.checkpoint`` that the run post-trains."""
+    return load_backbone(
         cfg.checkpoint,
         cfg.architecture,
         in_channels=cfg.data.in_channels,
         prefix=CHECKPOINT_BACKBONES[cfg.backbone_from],
         trusted=cfg.trust_checkpoint,
     )
+
+
+def embedding_size(cfg: PosttrainConfig, backbone: nn.Module) -> int:
+    """The backbone's embedding size, measured with one dummy image of the configured shape."""
+    shape = (cfg.data.in_channels, cfg.data.input_size, cfg.data.input_size)
+    return backbone_output_dim(backbone, shape)
+
+
+def build_stage(
+    cfg: PosttrainConfig,
+    backbone: nn.Module,
+    data: TrainData,
+    recipe: OutputSetRecipe | None = None,
+) -> GRPORMStage:
+    """The GRPO-RM stage of a config: the recipe's criterion (output set and reward) inside the
+    config's optimisation settings, untrained and uninitialised."""
+    recipe = recipe or output_set_recipe(cfg.output_set)
+    criterion = recipe.criterion(cfg, embedding_size(cfg, backbone), data)
+    return grpo_stage(cfg, backbone, criterion)
+
+
+def fit_stage(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    train: DataLoader[Any] | Callable[[], DataLoader[Any]],
+    cfg: PosttrainConfig,
+    validation: DataLoader[Any] | None = None,
+    ckpt_path: str | None = None,
+    initialize: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """The one fit sequence of GRPO-RM, every baseline and continued SimCLR.
+
+    Moves the module to the trainer's device, initialises its criterion (``initialize``: class
+    means, the bank of an unlabeled output set), trains, and leaves the module in eval mode on
+    that device, with BatchNorm statistics re-estimated for ``batchnorm="recompute"``. ``train``
+    is the training loader, or a function that builds it once the criterion is initialised (a
+    loader mined from the output set). From
+    ``ckpt_path`` (a resumed run) Lightning restores the weights, the output set, the optimizer,
+    the schedule, the loop position, and through the callbacks the history and RNG.
+
+    Returns:
+        ``(init_seconds, train_seconds)``.
+    """
+    device = trainer.strategy.root_device
+    module.to(device)
+    started = time.perf_counter()
+    if initialize is not None:
+        initialize()
+    init_seconds = time.perf_counter() - started
+    loader = train if isinstance(train, DataLoader) else train()
+    if isinstance(module, PostTrainingModule):
+        # A loaded backbone arrives in eval mode; train() applies the BatchNorm policy. Other
+        # modules (continued SimCLR) train in the modes they were built in: its loaded backbone
+        # keeps BatchNorm in eval mode, like GRPO-RM's default batchnorm="freeze".
+        module.train()
+    trainer.fit(module, loader, validation, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - started - init_seconds
+    module.to(device)  # Lightning's teardown moves the module back to the CPU
+    if cfg.batchnorm == "recompute" and isinstance(module, PostTrainingModule):
+        module.recompute_batchnorm(bn_loader(cfg))
+    module.eval()
+    return init_seconds, train_seconds
+
+
+def baseline_names(cfg: PosttrainConfig, recipe: OutputSetRecipe | None = None) -> list[str]:
+    """The configured baselines, checked against the recipe's and
+    :data:`lightly_grpo.methods.METHODS` before any training.
+
+    Raises:
+        ValueError: For an unknown method name (the message lists the known ones), a labeled
+            method in a run without labels, or continued SimCLR without a SimCLR checkpoint.
+    """
+    recipe = recipe or output_set_recipe(cfg.output_set)
+    names = [name for name in cfg.baselines if name.lower() != "none"]
+    for name in names:
+        if name == SIMCLR and SIMCLR in recipe.unlabeled_baselines:
+            check_simclr_checkpoint(cfg.checkpoint)
+        elif recipe.accepts_methods(cfg):
+            method_spec(name)  # raises for an unknown method name
+        else:
+            raise ValueError(
+                f"unknown unlabeled baseline {name!r}: without labels the baselines are "
+                f"{list(recipe.unlabeled_baselines)} (labeled methods need --train-classes)"
+            )
+    return names
+
+
+def check_simclr_checkpoint(path: str) -> None:
+    """Continuing SimCLR needs the checkpoint's projection head: fail before any training."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"cannot read checkpoint {path!r} for --baselines simclr: {error}"
+        ) from None
+    keys = state.get("state_dict", {}) if isinstance(state, dict) else {}
+    if not any(key.startswith("projection_head.") for key in keys):
+        raise ValueError(
+            f"--baselines simclr continues a SimCLR checkpoint with its projection head; "
+            f"{path!r} has none (a DINO checkpoint or a bare backbone?)"
+        )
+
+
+def fit_baseline(
+    name: str,
+    cfg: PosttrainConfig,
+    pretrained: nn.Module,
+    data: TrainData,
+    out_dir: Path,
+) -> PostTrainingModule:
+    """Trains the method ``name`` from a copy of ``pretrained`` as GRPO-RM trains: the same
+    images in the same order, epochs, learning rates, weight decay and BatchNorm policy
+    (``recompute`` included), from the same seed.
+
+    Returns:
+        The trained module, in eval mode on the trainer's device.
+    """
+    backbone = copy.deepcopy(pretrained)
+    size = embedding_size(cfg, backbone)
+    # Seeded before the head exists, so a baseline does not depend on what trained before it.
+    pl.seed_everything(cfg.data.seed, workers=True, verbose=False)
+    module = build_method(name, backbone, data.num_classes, size, cfg)
+    assert data.train is not None
+    generator = data.train.generator
+    if generator is not None:  # rewind the shuffling: the same batches as GRPO-RM's run
+        generator.manual_seed(cfg.data.seed)
+    folder = out_dir / "baselines" / name
+    trainer = make_trainer(cfg.trainer, folder, cfg.epochs)
+    fit_stage(
+        trainer,
+        module,
+        data.train,
+        cfg,
+        data.validation,
+        resume_from(cfg.resume, folder),
+        lambda: module.init_criterion(data.init),
+    )
+    return module
+
+
+def continued_simclr(cfg: PosttrainConfig) -> SimCLRModule:
+    """The checkpoint's SimCLR model (backbone and projection head) to continue training."""
+    return SimCLRModule.load_from_checkpoint(
+        cfg.checkpoint,
+        map_location="cpu",
+        weights_only=True,
+        backbone=load_posttrain_backbone(cfg),
+        lr=cfg.lr_backbone,
+        # Under DDP its negatives are the global batch, as GRPO-RM's groups are.
+        gather_distributed=True,
+    )
+
+
+def fit_simclr(cfg: PosttrainConfig, data: TrainData, out_dir: Path, steps: int) -> nn.Module:
+    """Continues SimCLR for ``steps`` steps on the same images and views; returns its backbone."""
+    pl.seed_everything(cfg.data.seed, workers=True)
+    module = continued_simclr(cfg)
+    assert data.items is not None
+    loader = shuffled_loader(cfg, data.items)
+    # As many steps of the same batch size as GRPO-RM took (a neighbour-mined epoch holds more
+    # batches than a plain one), however many epochs that is.
+    folder = out_dir / "baselines" / SIMCLR
+    trainer = make_trainer(cfg.trainer, folder, -1, max_steps=steps)
+    fit_stage(trainer, module, loader, cfg, ckpt_path=resume_from(cfg.resume, folder))
+    return module.backbone
+
+
+#: A model to evaluate: its embedding function, the module put in eval mode, its classifier.
+_Model = tuple[EmbedFn, nn.Module, ClassifierFn | None]
+
+
+def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
+    """Loads a pretrained backbone, post-trains it with GRPO-RM on the output set
+    ``cfg.output_set`` (and trains the requested baselines) and, when ``evaluate``, evaluates
+    the pretrained and every post-trained model and writes the report.
+
+    Writes ``grpo.ckpt``, ``backbone.pt`` and ``config.json`` (the config plus, under ``"run"``,
+    the image count, steps and training time) to ``cfg.out_dir``; with ``evaluate`` also
+    ``metrics.json`` and ``report.html``.
+
+    Examples:
+        >>> cfg = PosttrainConfig(checkpoint="runs/simclr/simclr.ckpt")
+        >>> outputs = posttrain(cfg)  # doctest: +SKIP
+        >>> outputs.metrics["GRPO-RM"]["classifier_accuracy"]  # doctest: +SKIP
+    """
+    recipe = output_set_recipe(cfg.output_set)
+    recipe.check(cfg)
+    baselines = baseline_names(cfg, recipe)  # unknown names fail before any training
+    check_not_posttrained(cfg.checkpoint)
+    out_dir = prepare_run(cfg.out_dir, cfg.data.seed)
+    data = recipe.data(cfg)
+    backbone = load_posttrain_backbone(cfg)
+    reference = copy.deepcopy(backbone)  # the pretrained backbone, evaluated beside the result
     # Resolved before training: a broken evaluation image is reported (and skipped) now, not
     # after hours of training.
-    eval_data = evaluation_data(cfg.data, cfg.eval) if evaluate else None
-    reference = copy.deepcopy(backbone)  # the pretrained backbone, evaluated beside the result
-    stage = build_stage(cfg, backbone, labeled.num_classes)
+    eval_data = recipe.evaluation_data(cfg) if evaluate else None
+    stage = build_stage(cfg, backbone, data, recipe)
     history = EpochHistory()
-    trainer = make_trainer(cfg.trainer, out_dir, cfg.epochs, [history])
-    train_seconds = fit_stage(trainer, stage, labeled, cfg, resume_from(cfg.resume, out_dir))
-    save_final_checkpoint(trainer, out_dir / "grpo.ckpt")  # collective under DDP
+    trainer = make_trainer(
+        cfg.trainer,
+        out_dir,
+        cfg.epochs,
+        [history, *recipe.callbacks(cfg, data)],
+        use_distributed_sampler=recipe.use_distributed_sampler(cfg),
+    )
+    init_seconds, train_seconds = fit_stage(
+        trainer,
+        stage,
+        lambda: recipe.loader(cfg, data, stage),
+        cfg,
+        data.validation,
+        resume_from(cfg.resume, out_dir),
+        lambda: recipe.initialize(stage, cfg, data),
+    )
     outputs = RunOutputs(
-        checkpoint=out_dir / "grpo.ckpt", backbone=out_dir / "backbone.pt", history=history.rows
+        checkpoint=save_final_checkpoint(trainer, out_dir / "grpo.ckpt"),  # collective under DDP
+        backbone=out_dir / "backbone.pt",
+        history=history.rows,
     )
     config = asdict(cfg)
     config[RUN_FACTS_KEY] = {
-        "labeled_images": labeled.size,
+        **recipe.run_facts(data),
+        "steps": trainer.global_step,
         "train_seconds": round(train_seconds, 1),
+        "output_set_init_seconds": round(init_seconds, 1),
     }
     if is_global_zero():  # under DDP every rank holds the same weights; rank 0 writes
         export_backbone(stage.backbone, out_dir / "backbone.pt")
         (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    trained = {name: fit_baseline(name, cfg, reference, labeled, out_dir) for name in baselines}
+    models: dict[str, _Model] = {PRETRAINED_NAME: (backbone_embed_fn(reference), reference, None)}
+    for name in baselines:
+        if name == SIMCLR and SIMCLR in recipe.unlabeled_baselines:
+            # As many batches as GRPO-RM saw (global_step counts its inner steps too).
+            simclr = fit_simclr(cfg, data, out_dir, trainer.global_step // stage.inner_steps)
+            models[SIMCLR_BASELINE] = (backbone_embed_fn(simclr), simclr, None)
+        else:
+            module = fit_baseline(name, cfg, reference, recipe.baseline_data(cfg, data), out_dir)
+            models[name] = _model(module, recipe.labeled)
+    models["GRPO-RM"] = _model(stage, recipe.labeled)  # last: the report's delta is last - first
     if evaluate:
-        evaluate_posttrained(cfg, stage, reference, outputs, config, trained, eval_data)
+        assert eval_data is not None
+        evaluations = evaluate_models(
+            cfg, models, eval_data, trainer.strategy.root_device, recipe.extra_metrics(cfg, stage)
+        )
+        if evaluations is None:
+            return outputs  # a DDP rank other than 0: it embedded its shards; rank 0 reports
+        outputs.report = report_models(
+            evaluations,
+            eval_data,
+            out_dir,
+            recipe.report_title(cfg),
+            outputs.history,
+            config,
+            cfg.eval.grid_queries,
+        )
+        outputs.results = {name: e.result for name, e in evaluations.items()}
     return outputs
 
 
-def evaluate_posttrained(
+def _model(module: PostTrainingModule, labeled: bool) -> _Model:
+    """A trained module as the evaluation sees it: its classifier only in labeled runs (an
+    unlabeled or unseen-class run has no classes the head was trained on)."""
+    if labeled:
+        return module.forward, module, module.classifier_fn()
+    return backbone_embed_fn(module.backbone), module.backbone, None
+
+
+@torch.no_grad()
+def evaluate_models(
     cfg: PosttrainConfig,
-    stage: GRPORMStage,
-    reference: nn.Module,
-    outputs: RunOutputs,
-    config: dict[str, Any],
-    baselines: dict[str, PostTrainingModule] | None = None,
-    data: EvaluationData | None = None,
-) -> None:
-    """Evaluates the pretrained ``reference``, the post-trained ``stage`` and any trained
-    ``baselines`` (method name -> module) and writes the report; fills ``outputs.results`` and
-    ``outputs.report``. ``data``: the evaluation splits, when resolved already."""
-    device = stage.device
-    data = data or evaluation_data(cfg.data, cfg.eval)
-    with eval_mode(reference.to(device)):
-        evaluations = {
-            PRETRAINED_NAME: evaluate_embeddings(
-                PRETRAINED_NAME, backbone_embed_fn(reference), data, cfg.eval, device
-            )
-        }
-    # GRPO-RM last: the report's delta column is the last model minus the first (the backbone).
-    for name, module in {**(baselines or {}), "GRPO-RM": stage}.items():
+    models: dict[str, _Model],
+    data: EvaluationData,
+    device: torch.device,
+    extra: Callable[[str, torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+) -> dict[str, EmbeddingEvaluation] | None:
+    """Every model's evaluation plus the recipe's ``extra`` metrics; None on a DDP rank other
+    than 0 (every rank embeds its shard of the splits, rank 0 scores)."""
+    evaluations = {}
+    for name, (embed, module, classifier) in models.items():
+        module.to(device)
         with eval_mode(module):
-            evaluations[name] = evaluate_embeddings(
-                name,
-                module.forward,
-                data,
-                cfg.eval,
-                device,
-                classifier=module.classifier_fn(),
+            evaluation = evaluate_embeddings(
+                name, embed, data, cfg.eval, device, classifier=classifier
             )
-    scored = {name: e for name, e in evaluations.items() if e is not None}
-    if len(scored) < len(evaluations):
-        return  # a DDP rank other than 0: it embedded its shards; rank 0 scores and reports
-    outputs.report = report_models(
-        scored,
-        data,
-        Path(cfg.out_dir),
-        "GRPO-RM post-training report",
-        outputs.history,
-        config,
-        cfg.eval.grid_queries,
-    )
-    outputs.results = {name: e.result for name, e in scored.items()}
+        if evaluation is None:
+            continue  # not rank 0; the next model's embedding still needs this rank's shard
+        if extra is not None:
+            evaluation.result.metrics.update(extra(name, evaluation.embeddings, evaluation.labels))
+        evaluations[name] = evaluation
+    return evaluations if len(evaluations) == len(models) else None
 
 
 __all__ = [
     "PRETRAINED_NAME",
-    "LabeledData",
+    "SIMCLR_BASELINE",
     "baseline_names",
-    "fit_baseline",
     "build_stage",
-    "stage_from_config",
-    "evaluate_posttrained",
+    "continued_simclr",
+    "embedding_size",
+    "evaluate_models",
+    "fit_baseline",
+    "fit_simclr",
     "fit_stage",
-    "labeled_data",
+    "load_posttrain_backbone",
     "posttrain",
-    "unlabeled_loader",
 ]

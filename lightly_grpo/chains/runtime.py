@@ -177,9 +177,11 @@ def make_trainer(
     epochs: int,
     callbacks: Sequence[pl.Callback] = (),
     use_distributed_sampler: bool = True,
+    max_steps: int = -1,
 ) -> pl.Trainer:
     """A Trainer writing checkpoints (``out_dir/checkpoints``) and a CSV log (``out_dir/logs``).
 
+    ``epochs`` and ``max_steps`` are Lightning's ``max_epochs`` and ``max_steps`` (-1: no limit).
     ``use_distributed_sampler``: Lightning's flag; False for training loaders that shard
     themselves under DDP (a :class:`~lightly_grpo.data.NeighborBatchSampler`), which Lightning
     would otherwise try to rebuild around its ``DistributedSampler``.
@@ -198,6 +200,7 @@ def make_trainer(
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last="link")
     return pl.Trainer(
         max_epochs=epochs,
+        max_steps=max_steps,
         # Handed to Lightning unchanged (it parses "2", "auto", "-1", "0,1").
         accelerator=cfg.accelerator,
         devices=cfg.devices,

@@ -6,10 +6,8 @@ One module per concern, everything re-exported here:
   and :func:`resolve_dataset`, which turns a name or a directory into one of them;
 - :mod:`~lightly_grpo.data.transforms`: lightly's SimCLR views, the eval transform, the
   post-training augmentation and the normalisation statistics;
-- :mod:`~lightly_grpo.data.splits`: seeded labeled shares, long-tailed subsets, validation
-  splits and random subsets;
-- :mod:`~lightly_grpo.data.shifts`: out-of-distribution test shifts (rotation, noise, blur)
-  at fixed strengths and :class:`ShiftedDataset`, which applies one to a test set;
+- :mod:`~lightly_grpo.data.splits`: seeded labeled shares, validation splits and random
+  subsets;
 - :mod:`~lightly_grpo.data.loaders`: seeded ``DataLoader`` and raw images for display;
 - :mod:`~lightly_grpo.data.config`: the :class:`DataConfig` dataclass.
 
@@ -27,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-from lightly_grpo.data._deprecated import DatasetSpec, ToChannels
 from lightly_grpo.data.checks import check_training_data
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.data.datasets import (
@@ -51,25 +48,8 @@ from lightly_grpo.data.datasets import (
 from lightly_grpo.data.indexed import IndexedDataset
 from lightly_grpo.data.loaders import EpochShuffleSampler, images_for_display, make_loader
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler, reference_neighbors
-from lightly_grpo.data.shifts import (
-    BLUR_KERNEL,
-    BLUR_SIGMA,
-    COMBINED_ROTATION_DEGREES,
-    NOISE_STD,
-    ROTATION_DEGREES,
-    SHIFT_STRENGTHS,
-    SHIFTS,
-    ShiftedDataset,
-    add_noise,
-    apply_shift,
-    blur,
-    rotate,
-    rotation_angle,
-)
 from lightly_grpo.data.splits import (
     labeled_subset,
-    long_tailed_counts,
-    long_tailed_subset,
     random_subset,
     split_validation,
     subset,
@@ -90,29 +70,16 @@ __all__ = [
     "IndexedDataset",
     "NeighborBatchSampler",
     "reference_neighbors",
-    "BLUR_KERNEL",
-    "BLUR_SIGMA",
-    "COMBINED_ROTATION_DEGREES",
     "DATASET_NAMES",
     "DIGITS_CLASSES",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "GRAYSCALE_NORMALIZE",
     "IMAGE_EXTENSIONS",
-    "NOISE_STD",
     "POSTTRAIN_AUGMENTATIONS",
-    "ROTATION_DEGREES",
-    "SHIFTS",
-    "SHIFT_STRENGTHS",
     "ArrayImageDataset",
     "CheckedImageFolder",
     "DataConfig",
-    "DatasetSpec",
-    "ShiftedDataset",
-    "ToChannels",
-    "add_noise",
-    "apply_shift",
-    "blur",
     "channel_step",
     "check_training_data",
     "dataset_labels",
@@ -125,16 +92,12 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "load_rgb_image",
-    "long_tailed_counts",
-    "long_tailed_subset",
     "make_loader",
     "normalize_stats",
     "posttrain_transform",
     "random_subset",
     "read_idx",
     "resolve_dataset",
-    "rotate",
-    "rotation_angle",
     "simclr_transform",
     "split_validation",
     "subset",

@@ -14,19 +14,7 @@ Examples:
 
 from __future__ import annotations
 
-import warnings
-
-from torch import Tensor
-
-from lightly_grpo import validation
-from lightly_grpo.index.approximate import IVFIndex, build_ivf_index, ivf_knn_search, recall_at_k
 from lightly_grpo.index.kmeans import spherical_kmeans
-from lightly_grpo.index.multi_gpu import (
-    FaissGpuUnavailableError,
-    faiss_gpu_index,
-    search_faiss_index,
-    sort_results,
-)
 from lightly_grpo.index.search import (
     BACKENDS,
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -49,44 +37,17 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET_BYTES",
     "FAISS_GPU_MAX_K",
     "ArrayLike",
-    "FaissGpuUnavailableError",
-    "IVFIndex",
     "Metric",
     "as_float_tensor",
     "auto_chunk_size",
     "available_backends",
-    "build_ivf_index",
     "candidate_capacity",
-    "check_finite",
     "faiss",
-    "faiss_gpu_index",
     "faiss_num_gpus",
-    "ivf_knn_search",
     "iter_knn_search",
     "knn_search",
-    "recall_at_k",
     "resolve_backend",
-    "search_faiss_index",
-    "sort_results",
     "spherical_kmeans",
     "tiled_available",
     "tiled_knn_chunks",
 ]
-
-
-def check_finite(x: Tensor, name: str) -> None:
-    """Deprecated: use ``lightly_grpo.validation.check_finite({name: x})``.
-
-    Examples:
-        >>> import torch
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore", DeprecationWarning)
-        ...     check_finite(torch.zeros(2, 2), "x")
-    """
-    warnings.warn(
-        "lightly_grpo.index.check_finite is deprecated; use "
-        "lightly_grpo.validation.check_finite({name: tensor})",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    validation.check_finite({name: x})

@@ -10,7 +10,8 @@ The search layer that the evaluation, the k-means and the benchmarks share. Back
 - ``"tiled"``: CPU search in cache-sized tiles with this package's compiled streaming top-k
   (:mod:`lightly_grpo.index.tiled`); leave-one-out searches compute each dot product once.
   The default on the CPU when the extension was built (it is, wherever a C++ compiler was
-  present at install time).
+  present at install time). Without it ``"auto"`` warns once per process (a ``UserWarning``)
+  and uses FAISS or torch; ``lightly-grpo info`` shows which backend ``"auto"`` picks.
 - ``"faiss"``: FAISS on the CPU (``faiss-cpu`` or the CPU indexes of ``faiss-gpu``).
 - ``"torch"``: exact chunked ``mm`` + ``topk`` on the data's device; used when neither of the
   above is available, on CUDA without FAISS, or when asked for.
@@ -27,7 +28,11 @@ duplicated embeddings reproducible across backends.
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +40,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightly_grpo.index.tiled import candidate_capacity, tiled_available, tiled_knn_chunks
+from lightly_grpo.index.tiled import (
+    candidate_capacity,
+    kernel_import_error,
+    tiled_available,
+    tiled_knn_chunks,
+)
 from lightly_grpo.validation import check_finite
 
 faiss: Any
@@ -58,6 +68,17 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _MAX_SCORE_BOUND = FLOAT32_MAX / 4
 
 _gpu_resources: Any = None
+# Whether this process has warned that "auto" could not use the missing compiled kernel.
+_missing_kernel_warned = False
+# How to get the kernel: the build skips it silently without a compiler, and pip may reuse a
+# cached wheel built without it, hence --no-cache-dir.
+KERNEL_INSTALL_HINT = (
+    "install a C++ compiler (e.g. g++ or clang++) and rebuild lightly-grpo: "
+    "`pip install --force-reinstall --no-deps --no-cache-dir --no-binary lightly-grpo "
+    "lightly-grpo`, or in a source checkout `pip install --force-reinstall --no-deps "
+    "--no-cache-dir .` (`-e .` for an editable install); `lightly-grpo info` shows whether it "
+    "is present"
+)
 
 
 def faiss_num_gpus() -> int:
@@ -85,13 +106,55 @@ def available_backends() -> list[str]:
     return backends
 
 
-def resolve_backend(backend: str = "auto", device: torch.device | str | None = None) -> str:
+def _kernel_missing_reason() -> str:
+    error = kernel_import_error()
+    return f" (import error: {error})" if error else ""
+
+
+# lightly_grpo/, spelled as the code objects of this package spell their file names.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _stacklevel_outside_package() -> int:
+    """The ``stacklevel`` that points a warning raised by our caller at the first frame outside
+    this package (the user's call, whichever of our functions it went through)."""
+    # warnings.warn's stacklevel 1 is its caller (our caller), 2 the caller's caller: frame 2 here.
+    level = 2
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def _warn_missing_kernel(used: str) -> None:
+    """Warns, once per process, that ``"auto"`` runs ``used`` because the kernel is missing."""
+    global _missing_kernel_warned
+    if _missing_kernel_warned:
+        return
+    _missing_kernel_warned = True
+    warnings.warn(
+        "the compiled extension lightly_grpo._tiled_topk (the kernel of the fast 'tiled' CPU "
+        f"search backend) is missing{_kernel_missing_reason()}, so backend='auto' uses "
+        f"{used!r} for CPU searches instead, which gives the same results more slowly (usually "
+        f"the package was installed without a C++ compiler). To get the kernel, "
+        f"{KERNEL_INSTALL_HINT}. (Shown once per process.)",
+        UserWarning,
+        stacklevel=_stacklevel_outside_package(),
+    )
+
+
+def resolve_backend(
+    backend: str = "auto", device: torch.device | str | None = None, *, warn: bool = True
+) -> str:
     """Turns a backend request into the backend that will run.
 
     Args:
         backend: ``"auto"``, ``"faiss"``, ``"faiss-gpu"``, ``"tiled"`` or ``"torch"``.
         device: Device of the data. FAISS runs on the GPU only for CUDA data; ``"tiled"``
             only on the CPU.
+        warn: Whether ``"auto"`` on the CPU warns (a ``UserWarning``, once per process) when
+            the compiled ``"tiled"`` kernel is missing and it falls back to FAISS or torch. The
+            choice is the same either way.
 
     Returns:
         ``"faiss-gpu"``, ``"faiss"``, ``"tiled"`` or ``"torch"``.
@@ -102,6 +165,8 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
     Examples:
         >>> resolve_backend("torch")
         'torch'
+        >>> resolve_backend("auto", "cuda", warn=False) in ("faiss-gpu", "faiss", "torch")
+        True
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -112,12 +177,22 @@ def resolve_backend(backend: str = "auto", device: torch.device | str | None = N
         if not tiled_available():
             raise ValueError(
                 "backend='tiled' needs the compiled extension lightly_grpo._tiled_topk, which "
-                "was not built (no C++ compiler at install time); reinstall with one, or use "
-                "backend='faiss' or 'torch'"
+                f"is missing{_kernel_missing_reason()} (usually the package was installed "
+                "without a C++ compiler); use backend='auto', 'faiss' or 'torch', or "
+                f"{KERNEL_INSTALL_HINT}"
             )
         if on_cuda:
             raise ValueError(f"backend='tiled' runs on the CPU, got data on {device}")
         return "tiled"
+    resolved = _resolve_faiss_or_torch(backend, device, on_cuda)
+    if backend == "auto" and not on_cuda and warn:
+        _warn_missing_kernel(resolved)  # "auto" on the CPU gets here only without the kernel
+    return resolved
+
+
+def _resolve_faiss_or_torch(backend: str, device: torch.device | str | None, on_cuda: bool) -> str:
+    """:func:`resolve_backend` for ``"auto"`` (when the tiled search is out), ``"faiss"`` and
+    ``"faiss-gpu"``."""
     if faiss is None:
         if backend == "auto":
             return "torch"

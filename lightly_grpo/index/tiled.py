@@ -30,7 +30,7 @@ sleep between products instead of spinning, which helps further on an oversubscr
 
 The extension is built when the package is installed (it is optional: without a C++ compiler the
 package installs without it and :func:`tiled_available` is False; ``"auto"`` then uses FAISS or
-torch).
+torch, with a ``UserWarning`` once per process, and ``lightly-grpo info`` says so).
 """
 
 from __future__ import annotations
@@ -46,11 +46,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+KERNEL_MODULE = "lightly_grpo._tiled_topk"
+
 _kernel: Any
+# Why the kernel did not import (None when it did): shown by `lightly-grpo info` and the warning.
+_kernel_import_error: str | None = None
 try:
-    _kernel = importlib.import_module("lightly_grpo._tiled_topk")
-except ImportError:  # pragma: no cover - exercised only where the extension was not built
+    _kernel = importlib.import_module(KERNEL_MODULE)
+except ImportError as _error:  # pragma: no cover - exercised only where it was not built
     _kernel = None
+    _kernel_import_error = f"{type(_error).__name__}: {_error}"
 
 DEFAULT_TILE_SIZE = 2048
 DEFAULT_SAMPLE_SIZE = 4096
@@ -69,6 +74,16 @@ def tiled_available() -> bool:
         True
     """
     return _kernel is not None
+
+
+def kernel_import_error() -> str | None:
+    """Why the compiled top-k extension did not import, or None (imported, or never tried).
+
+    Examples:
+        >>> kernel_import_error() is None or not tiled_available()
+        True
+    """
+    return None if _kernel is not None else _kernel_import_error
 
 
 def candidate_capacity(k: int) -> int:

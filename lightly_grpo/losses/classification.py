@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets.class_prototypes import ClassPrototypes
-from lightly_grpo.rewards import Reward
 
 
 class GRPORMClassificationLoss(GRPORMPolicyLoss):
@@ -23,16 +22,10 @@ class GRPORMClassificationLoss(GRPORMPolicyLoss):
     Args:
         num_classes: Number of classes.
         embedding_size: Dimension of the embeddings.
-        temperature: tau > 0; logits are cosine / tau, bounded by 1 / tau.
-        reward: Reward object; default accuracy + uniformity (-pi_old, lambda = 1).
-        clip_eps: PPO clip range (acts only with old logits from an earlier inner step).
-        beta: Weight of the exact KL to the reference policy (needs ``ref_logits``).
-        group_size: None enumerates every class; an integer G samples G classes per query without
+        **kwargs: Settings of :class:`~lightly_grpo.losses.policy.GRPORMPolicyLoss`
+            (``temperature``, ``reward``, ``clip_eps``, ``beta``, ``group_size``, ``validate``,
+            ``compile_math``); with ``group_size=G`` the G classes of a query are drawn without
             replacement from pi_old, always keeping the true class.
-        validate: Check every batch for NaN/inf embeddings and out-of-range labels (one host
-            synchronisation per call); set False in a GPU loop that cannot afford it.
-        compile_math: ``torch.compile`` the fused reward/advantage/gradient math of the default
-            reward (fewer kernel launches on a GPU; compiles once per batch shape).
 
     Examples:
         >>> import torch
@@ -43,28 +36,8 @@ class GRPORMClassificationLoss(GRPORMPolicyLoss):
         >>> loss.backward()
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        embedding_size: int,
-        temperature: float = 0.1,
-        reward: Reward | dict[str, Any] | None = None,
-        clip_eps: float = 0.2,
-        beta: float = 0.0,
-        group_size: int | None = None,
-        validate: bool = True,
-        compile_math: bool = False,
-    ) -> None:
-        super().__init__(
-            ClassPrototypes(num_classes, embedding_size),
-            temperature=temperature,
-            reward=reward,
-            clip_eps=clip_eps,
-            beta=beta,
-            group_size=group_size,
-            validate=validate,
-            compile_math=compile_math,
-        )
+    def __init__(self, num_classes: int, embedding_size: int, **kwargs: Any) -> None:
+        super().__init__(ClassPrototypes(num_classes, embedding_size), **kwargs)
         # Checkpoints written before the output-set interface stored "prototypes.weight".
         self._register_load_state_dict_pre_hook(_rename_prototypes)
 

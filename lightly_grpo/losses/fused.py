@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from lightly_grpo.rewards import DEFAULT_UNIFORMITY_WEIGHT
 from lightly_grpo.validation import check_finite
 
 
@@ -138,7 +139,7 @@ def fused_loss_on_similarities(
     correct: Tensor,
     temperature: float,
     accuracy_weight: float = 1.0,
-    uniformity_weight: float = 1.0,
+    uniformity_weight: float = DEFAULT_UNIFORMITY_WEIGHT,
     adv_eps: float = 1e-6,
     with_stats: bool = False,
     compile_math: bool = False,
@@ -185,7 +186,7 @@ def fused_accuracy_uniformity_loss(
     logits: Tensor,
     correct: Tensor,
     accuracy_weight: float = 1.0,
-    uniformity_weight: float = 1.0,
+    uniformity_weight: float = DEFAULT_UNIFORMITY_WEIGHT,
     adv_eps: float = 1e-6,
     validate: bool = True,
     compile_math: bool = False,

@@ -200,6 +200,12 @@ class _GRPOSurrogate(torch.autograd.Function):
         return grad * grad_loss, None, None, None, None, None
 
 
+#: PPO clip range of every GRPO-RM loss (acts only with several inner steps on one batch).
+DEFAULT_CLIP_EPS = 0.2
+#: Weight of the reference KL: 0 drops the reference model, as the paper does.
+DEFAULT_BETA = 0.0
+
+
 class GRPORMLoss(nn.Module):
     """GRPO-RM loss over policy logits and per-output rewards.
 
@@ -222,7 +228,12 @@ class GRPORMLoss(nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, clip_eps: float = 0.2, beta: float = 0.0, adv_eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        clip_eps: float = DEFAULT_CLIP_EPS,
+        beta: float = DEFAULT_BETA,
+        adv_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         if not clip_eps >= 0:
             raise ValueError(f"clip_eps must be >= 0, got {clip_eps}")

@@ -9,9 +9,15 @@ import torch.nn.functional as F
 from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import Tensor, nn
 
-from lightly_grpo.losses.grpo import GRPORMLoss
-from lightly_grpo.output_sets.neighbors import in_batch_candidates
-from lightly_grpo.rewards import RewardInputs, neighbor_reward
+from lightly_grpo.losses.grpo import DEFAULT_CLIP_EPS, GRPORMLoss
+from lightly_grpo.losses.policy import DEFAULT_TEMPERATURE
+from lightly_grpo.output_sets.neighbors import DEFAULT_NUM_NEIGHBORS, in_batch_candidates
+from lightly_grpo.rewards import (
+    DEFAULT_NEIGHBOR_WEIGHT,
+    DEFAULT_UNIFORMITY_WEIGHT,
+    RewardInputs,
+    neighbor_reward,
+)
 from lightly_grpo.validation import check_finite
 
 __all__ = ["GRPORMNeighborLoss"]
@@ -48,12 +54,12 @@ class GRPORMNeighborLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        neighbor_weight: float = 0.5,
-        uniformity: float = 1.0,
-        num_neighbors: int = 20,
+        temperature: float = DEFAULT_TEMPERATURE,
+        neighbor_weight: float = DEFAULT_NEIGHBOR_WEIGHT,
+        uniformity: float = DEFAULT_UNIFORMITY_WEIGHT,
+        num_neighbors: int = DEFAULT_NUM_NEIGHBORS,
         memory_bank_size: int = 4096,
-        clip_eps: float = 0.2,
+        clip_eps: float = DEFAULT_CLIP_EPS,
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()

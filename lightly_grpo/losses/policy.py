@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightly_grpo.losses.fused import fused_loss_on_similarities
-from lightly_grpo.losses.grpo import GRPORMLoss, GRPOStats
+from lightly_grpo.losses.grpo import DEFAULT_BETA, DEFAULT_CLIP_EPS, GRPORMLoss, GRPOStats
 from lightly_grpo.output_sets.base import (
     KeyedOutputSet,
     OutputGroup,
@@ -32,6 +32,8 @@ from lightly_grpo.validation import (
     check_labeled_batch,
 )
 
+#: Policy temperature of every GRPO-RM loss and of the cosine-prototype heads compared with it.
+DEFAULT_TEMPERATURE = 0.1
 #: Smallest policy temperature: cosine / tau stays far inside float32's range (|logit| <= 1e6).
 MIN_TEMPERATURE = 1e-6
 
@@ -73,10 +75,10 @@ class GRPORMPolicyLoss(nn.Module):
     def __init__(
         self,
         output_set: OutputSet | dict[str, Any],
-        temperature: float = 0.1,
+        temperature: float = DEFAULT_TEMPERATURE,
         reward: Reward | dict[str, Any] | None = None,
-        clip_eps: float = 0.2,
-        beta: float = 0.0,
+        clip_eps: float = DEFAULT_CLIP_EPS,
+        beta: float = DEFAULT_BETA,
         group_size: int | None = None,
         validate: bool = True,
         compile_math: bool = False,

@@ -49,6 +49,14 @@ def in_batch_candidates(num_rows: int, device: torch.device | None = None) -> Te
     return cols + (cols >= rows).long()
 
 
+#: Reference-space neighbours per item (SCAN mines 20).
+DEFAULT_NUM_NEIGHBORS = 20
+#: Lambda of the uniformity reward for in-batch groups: among 2B - 1 candidates pi_old is small,
+#: so the penalty that makes hard negatives count must be larger than for a class set
+#: (recipes/benchmarks/RESULTS.md, "Unlabeled").
+IN_BATCH_UNIFORMITY_WEIGHT = 10.0
+
+
 @register_output_set("neighbors")
 class NeighborOutputSet(OutputSet):
     """In-batch groups with an instance target and reference-space neighbours.
@@ -82,7 +90,7 @@ class NeighborOutputSet(OutputSet):
         self,
         num_items: int,
         embedding_size: int,
-        num_neighbors: int = 20,
+        num_neighbors: int = DEFAULT_NUM_NEIGHBORS,
         use_labels: bool = False,
         backend: str = "auto",
         neighbors_positive: bool = True,

@@ -6,7 +6,7 @@ markdown table: build time, search time, queries/s and recall@k against the exac
 
 Data: an embeddings file (``.pt`` tensor / dict with an ``"embeddings"`` entry, or ``.npy``;
 the last ``--queries`` rows become the queries) or, by default, a clustered synthetic set
-(``lightly_grpo.index.exact.clustered``, exact unit vectors of dimension ``--dim``).
+(``benchlib.synthetic.clustered``, exact unit vectors of dimension ``--dim``).
 
 Usage:
     python recipes/benchmarks/bench_ivf_recall.py                       # 100k x 128, 10k queries
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightly_grpo.index import build_ivf_index, faiss, ivf_knn_search, knn_search, recall_at_k
-from lightly_grpo.index.exact import clustered
+from benchlib.approximate import build_ivf_index, ivf_knn_search, recall_at_k
+from benchlib.synthetic import clustered
+from lightly_grpo.index import faiss, knn_search
 
 
 def load_embeddings(path: Path) -> torch.Tensor:

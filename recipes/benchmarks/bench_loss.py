@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils import benchmark
 
-from lightly_grpo.classification_loss import GRPORMClassificationLoss
-from lightly_grpo.loss import GRPORMLoss, fused_accuracy_uniformity_loss, group_advantages
+from lightly_grpo.losses.classification import GRPORMClassificationLoss
+from lightly_grpo.losses.fused import fused_accuracy_uniformity_loss
+from lightly_grpo.losses.grpo import GRPORMLoss, group_advantages
 from lightly_grpo.rewards import RewardInputs, default_reward
 
 

@@ -26,7 +26,7 @@ import argparse
 import dataclasses
 import time
 
-from lightly_grpo.benchmark import PRESETS, run_benchmark
+from benchlib import PRESETS, run_benchmark
 
 
 def main() -> None:

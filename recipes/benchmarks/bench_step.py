@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lightly_grpo.backbones import build_backbone
-from lightly_grpo.classification_loss import GRPORMClassificationLoss
+from lightly_grpo.losses.classification import GRPORMClassificationLoss
 
 
 def _time(step, device: torch.device, iterations: int) -> float:  # type: ignore[no-untyped-def]

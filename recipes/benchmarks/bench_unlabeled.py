@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lightly_grpo.chains import PosttrainConfig
 from lightly_grpo.chains.config import EvalConfig
-from lightly_grpo.chains.unlabeled import posttrain_unlabeled
+from lightly_grpo.chains.posttrain import posttrain
 from lightly_grpo.data import DataConfig
 
 RETRIEVAL_COLUMNS = {
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
             )
             cfg.trainer.progress = False
             cfg.trainer.accelerator = args.accelerator
-            outputs = posttrain_unlabeled(cfg)
+            outputs = posttrain(cfg)
             for name, result in outputs.results.items():
                 values = result.metrics
                 row = "GRPO-RM " + output_set if name == "GRPO-RM" else name

@@ -37,14 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_grpo.index import (
-    faiss,
-    faiss_gpu_index,
-    faiss_num_gpus,
-    knn_search,
-    search_faiss_index,
-    tiled_available,
-)
+from benchlib.multi_gpu import faiss_gpu_index, search_faiss_index
+from lightly_grpo.index import faiss, faiss_num_gpus, knn_search, tiled_available
 
 Search = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
 

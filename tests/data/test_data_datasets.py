@@ -17,7 +17,6 @@ from lightly_grpo.data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
     ArrayImageDataset,
-    DatasetSpec,
     dataset_labels,
     datasets,
     default_dataset_name,
@@ -216,9 +215,3 @@ def test_dataset_labels_of_arrays_subsets_and_bad_input() -> None:
     np.testing.assert_array_equal(dataset_labels(Subset(dataset, [2, 0])), [2, 3])
     with pytest.raises(ValueError, match="list"):
         dataset_labels([1, 2])  # type: ignore[arg-type]
-
-
-def test_dataset_spec_is_deprecated_but_works() -> None:
-    with pytest.warns(DeprecationWarning, match="DataConfig"):
-        spec = DatasetSpec("digits", seed=0)
-    assert len(spec.resolve("train")) + len(spec.resolve("test")) == 1797

@@ -13,7 +13,6 @@ from PIL import Image
 from lightly_grpo.data import (
     GRAYSCALE_NORMALIZE,
     ArrayImageDataset,
-    ToChannels,
     channel_step,
     eval_transform,
     load_fashion_mnist,
@@ -189,18 +188,3 @@ def test_posttrain_transform_kinds() -> None:
     assert len(views) == 2 and views[0].shape == (1, 16, 16)
     with pytest.raises(ValueError, match="heavy"):
         posttrain_transform("heavy", 16)
-
-
-# --------------------------------------------------------------------------- deprecated
-
-
-def test_to_channels_is_deprecated_but_works() -> None:
-    with pytest.warns(DeprecationWarning, match="channel_step"):
-        to_three, to_one = ToChannels(3), ToChannels(1)
-    assert to_three(torch.rand(1, 5, 5)).shape == (3, 5, 5)
-    rgb = torch.rand(3, 5, 5)
-    expected = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-    torch.testing.assert_close(to_one(rgb)[0], expected)
-    assert to_one(_rgb_image()).mode == "L" and to_three(Image.new("L", (2, 2))).mode == "RGB"
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="2"):
-        ToChannels(2)

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
+from benchlib.config import BenchmarkConfig, DataRow
+from benchlib.long_tail import long_tailed_subset
+from benchlib.shifts import ShiftedDataset
 from lightly_grpo.data import (
-    ShiftedDataset,
     dataset_labels,
     eval_transform,
     labeled_subset,
-    long_tailed_subset,
     make_loader,
     posttrain_transform,
     random_subset,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from lightly_grpo.benchmark import CPU_PRESET, GPU_PRESET, PRESETS, BenchmarkConfig, DataRow
+from benchlib import CPU_PRESET, GPU_PRESET, PRESETS, BenchmarkConfig, DataRow
 from lightly_grpo.methods import METHODS
 
 

@@ -7,18 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightly_grpo.index import (
-    FaissGpuUnavailableError,
-    build_ivf_index,
-    faiss,
-    faiss_gpu_index,
-    faiss_num_gpus,
-    ivf_knn_search,
-    knn_search,
-    recall_at_k,
-    search_faiss_index,
-)
-from lightly_grpo.index.exact import clustered
+from benchlib.approximate import build_ivf_index, ivf_knn_search, recall_at_k
+from benchlib.multi_gpu import FaissGpuUnavailableError, faiss_gpu_index, search_faiss_index
+from benchlib.synthetic import clustered
+from lightly_grpo.index import faiss, faiss_num_gpus, knn_search
 
 pytestmark = pytest.mark.skipif(faiss is None, reason="FAISS not installed")
 

@@ -32,7 +32,7 @@ class DataRow:
         epochs: Training epochs.
         batch_size: Training batch size.
         shifts: Out-of-distribution versions of the test set every model is also scored on
-            (:data:`lightly_grpo.data.SHIFTS`).
+            (:data:`benchlib.shifts.SHIFTS`).
         methods: The methods of this row; None runs every method of the benchmark.
     """
 

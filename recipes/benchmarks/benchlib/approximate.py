@@ -9,7 +9,7 @@ search, and it finds the exact neighbours only when they lie in those cells.
 
 Scores are cosine similarities (queries and references are normalised), best first, ties by
 ascending index, as in ``knn_search``. The index is built and searched on the CPU; where FAISS
-has GPUs it can be moved there with ``gpu_mode`` (see :mod:`lightly_grpo.index.multi_gpu`).
+has GPUs it can be moved there with ``gpu_mode`` (see :mod:`benchlib.multi_gpu`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_grpo.index.multi_gpu import GpuMode, faiss_gpu_index, search_faiss_index
+from benchlib.multi_gpu import GpuMode, faiss_gpu_index, search_faiss_index
 from lightly_grpo.index.search import ArrayLike, as_float_tensor, faiss
 from lightly_grpo.validation import check_finite, check_int
 

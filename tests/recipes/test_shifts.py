@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from lightly_grpo.data import (
+from benchlib.shifts import (
     BLUR_SIGMA,
     NOISE_STD,
     SHIFT_STRENGTHS,
@@ -16,11 +16,9 @@ from lightly_grpo.data import (
     ShiftedDataset,
     add_noise,
     apply_shift,
-    dataset_labels,
-    eval_transform,
-    resolve_dataset,
     rotate,
 )
+from lightly_grpo.data import dataset_labels, eval_transform, resolve_dataset
 
 
 def _asymmetric(size: int = 16, mode: str = "L") -> Image.Image:

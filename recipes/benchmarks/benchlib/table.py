@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
-from lightly_grpo.benchmark.runner import PRETRAINED, RunResult
-from lightly_grpo.data import SHIFT_STRENGTHS
+from benchlib.config import BenchmarkConfig, DataRow
+from benchlib.runner import PRETRAINED, RunResult
+from benchlib.shifts import SHIFT_STRENGTHS
 from lightly_grpo.methods import METHODS, method_spec
 
 #: The reference every other method is marked against.

@@ -25,9 +25,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor, nn
 
+from benchlib.config import BenchmarkConfig, DataRow
+from benchlib.data import RowData, row_data
 from lightly_grpo.backbones import backbone_output_dim, load_backbone
-from lightly_grpo.benchmark.config import BenchmarkConfig, DataRow
-from lightly_grpo.benchmark.data import RowData, row_data
 from lightly_grpo.chains.config import EvalConfig, PretrainConfig, TrainerConfig
 from lightly_grpo.chains.evaluate import backbone_embed_fn, embed_dataset, score_embeddings
 from lightly_grpo.chains.runtime import EpochHistory, resolve_device

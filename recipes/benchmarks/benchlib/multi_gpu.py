@@ -1,7 +1,7 @@
 """FAISS indexes on one or several GPUs, and a search that returns torch tensors.
 
 :func:`faiss_gpu_index` puts an exact flat index over the references (or any CPU FAISS index,
-e.g. an IVF index from :func:`lightly_grpo.index.approximate.build_ivf_index`) on the GPUs
+e.g. an IVF index from :func:`benchlib.approximate.build_ivf_index`) on the GPUs
 FAISS sees: ``"single"`` (one GPU), ``"replicate"`` (a full copy per GPU, queries split between
 them: more throughput) or ``"shard"`` (the references split between the GPUs, every query sent to
 each: more memory). It uses FAISS's ``index_cpu_to_all_gpus`` / ``index_cpu_to_gpus_list`` with

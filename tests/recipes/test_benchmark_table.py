@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightly_grpo.benchmark import CPU_PRESET, RunResult
-from lightly_grpo.benchmark.table import (
+from benchlib import CPU_PRESET, RunResult
+from benchlib.table import (
     Cell,
     aggregate,
     benchmark_markdown,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from benchlib import BenchmarkConfig, DataRow, row_data, run_benchmark
+from benchlib.runner import Benchmark, result_path
 from lightly_grpo.backbones import export_backbone, resnet18_small
-from lightly_grpo.benchmark import BenchmarkConfig, DataRow, row_data, run_benchmark
-from lightly_grpo.benchmark.runner import Benchmark, result_path
 from lightly_grpo.methods import MethodSettings
 
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks"
 ROW = DataRow("digits", dataset="digits", label_fraction=0.1, epochs=1, batch_size=32)
 CFG = BenchmarkConfig(
     rows=(ROW,),
@@ -111,11 +112,17 @@ def test_a_benchmark_killed_mid_run_resumes_without_redoing_finished_runs(
     reference, checkpoints = finished
     out = tmp_path / "out"
     script = (
-        "from tests.benchmark.test_benchmark_runner import CFG\n"
-        "from lightly_grpo.benchmark import run_benchmark\n"
+        "from tests.recipes.test_benchmark_runner import CFG\n"
+        "from benchlib import run_benchmark\n"
         f"run_benchmark(CFG, {str(out)!r}, {checkpoints!r}, accelerator='cpu')\n"
     )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # benchlib lives next to the benchmark scripts, outside the installed package.
+    pythonpath = [str(BENCHMARKS_DIR), os.environ.get("PYTHONPATH")]
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join(filter(None, pythonpath)),
+    }
     process = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
