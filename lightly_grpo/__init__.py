@@ -38,7 +38,7 @@ from lightly_grpo.rewards import (
 )
 from lightly_grpo.stage import GRPORMStage
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AccuracyReward",

@@ -13,7 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from lightly_grpo.distributed import gather_shards, rank_shard
 
 EmbedFn = Callable[[Tensor], Tensor]
 
@@ -206,3 +209,38 @@ def class_means(embeddings: Tensor, labels: Tensor, num_classes: int) -> tuple[T
     sums.index_add_(0, labels.to(normed.device), normed)
     present = torch.bincount(labels.to(normed.device), minlength=num_classes) > 0
     return F.normalize(sums, dim=1), present
+
+
+def embed_dataset(
+    embed: EmbedFn,
+    dataset: Dataset[Any],
+    device: torch.device | str | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "embedding",
+    require_labels: bool = True,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """Embeds every item of ``dataset`` in dataset order (:func:`embed_loader`); under DDP each
+    rank embeds a strided shard (rank r the items r, r + W, ..., as lightly's ``KNNClassifier``
+    gathers its bank) and every rank receives the whole pass. Eval mode is the caller's.
+
+    Returns:
+        ``(embeddings (N, D) on the CPU, labels (N,) or None)``.
+
+    Examples:
+        >>> items = [(torch.ones(1, 2, 2) * i, i) for i in range(3)]
+        >>> embeddings, labels = embed_dataset(lambda x: x.flatten(1), items, normalize=False)
+        >>> embeddings[:, 0].tolist(), labels.tolist()
+        ([0.0, 1.0, 2.0], [0, 1, 2])
+    """
+    total = len(dataset)  # type: ignore[arg-type]
+    positions = rank_shard(total)
+    shard: Dataset[Any] = Subset(dataset, positions) if len(positions) < total else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    embeddings, labels = embed_loader(
+        embed, loader, device, progress, desc, require_labels=require_labels, normalize=normalize
+    )
+    embeddings = gather_shards(embeddings, total, device)
+    return embeddings, None if labels is None else gather_shards(labels, total, device)

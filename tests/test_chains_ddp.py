@@ -1,6 +1,6 @@
 """The chains under DDP: evaluation embeds one shard per rank, rank 0 alone writes.
 
-Two gloo processes embed an evaluation split through :func:`embed_dataset` (each sees only its
+Two gloo processes embed an evaluation split through :func:`embed_split` (each sees only its
 strided shard, both receive the whole split in dataset order), and the ``posttrain`` command runs
 end to end with Lightning's ``--strategy ddp --devices 2`` on the CPU, labeled and unlabeled.
 """
@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from lightly_grpo.chains.config import EvalConfig
-from lightly_grpo.chains.evaluate import embed_dataset
+from lightly_grpo.chains.evaluate import embed_split
 from lightly_grpo.data import NeighborBatchSampler
 
 ITEMS = 11  # not a multiple of the world size: shards of 6 and 5, padded for all_gather
@@ -51,7 +51,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         embed = CountingEmbed()
         cfg = EvalConfig(batch_size=4)
-        embeddings, labels = embed_dataset("x", embed, _dataset(), cfg, torch.device("cpu"), False)
+        embeddings, labels = embed_split("x", embed, _dataset(), cfg, torch.device("cpu"), False)
         result = {"embeddings": embeddings, "labels": labels, "seen": embed.seen}
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -63,7 +63,7 @@ def test_evaluation_embeds_one_shard_per_rank_and_gathers_the_split(tmp_path: Pa
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     embed = CountingEmbed()
-    single, labels = embed_dataset("x", embed, _dataset(), EvalConfig(), torch.device("cpu"), False)
+    single, labels = embed_split("x", embed, _dataset(), EvalConfig(), torch.device("cpu"), False)
     assert embed.seen == ITEMS
     assert [r["seen"] for r in ranks] == [6, 5]  # each rank embedded only its shard
     for result in ranks:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from lightly_grpo.chains.config import EvalConfig, PosttrainConfig
 from lightly_grpo.chains.evaluate import evaluation_data
-from lightly_grpo.chains.posttrain import labeled_data
+from lightly_grpo.chains.recipes import labeled_data
 from lightly_grpo.data.config import DataConfig
 
 

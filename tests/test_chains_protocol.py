@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightly_grpo.chains.config import EvalConfig, PosttrainConfig
 from lightly_grpo.chains.evaluate import evaluation_data, score_embeddings
-from lightly_grpo.chains.posttrain import labeled_data
+from lightly_grpo.chains.recipes import labeled_data
 from lightly_grpo.data import DataConfig, resolve_dataset
 
 

@@ -179,10 +179,12 @@ def test_a_nan_in_training_stops_with_the_step_and_keeps_the_last_good_checkpoin
     tmp_path: Path,
 ) -> None:
     from lightly_grpo.losses import GRPORMClassificationLoss
-from lightly_grpo.stage import GRPORMStage
+    from lightly_grpo.stage import GRPORMStage
 
     torch.manual_seed(0)
-    stage = GRPORMStage(nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), GRPORMClassificationLoss(2, 4))
+    stage = GRPORMStage(
+        nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), GRPORMClassificationLoss(2, 4)
+    )
     dataset = _NaNAt(bad=5, from_epoch=1)
     loader = DataLoader(dataset, batch_size=4)  # 4 steps per epoch; item 5 is in batch 1
     trainer = make_trainer(TrainerConfig(accelerator="cpu", progress=False), tmp_path, 3)

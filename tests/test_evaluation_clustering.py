@@ -244,3 +244,28 @@ def test_purity_rejects_bad_input() -> None:
         neighbor_purity(x, labels[:-1], k=2)
     with pytest.raises(ValueError, match="labels must hold integers"):
         neighbor_purity(x, labels.float(), k=2)
+
+
+def test_the_evaluator_scores_one_kmeans_with_every_clustering_metric() -> None:
+    from lightly_grpo.evaluation import RetrievalEvaluator, kmeans_clustering_scores
+    from lightly_grpo.evaluation.metrics import metric_spec
+
+    torch.manual_seed(0)
+    centers = torch.randn(4, 16) * 3
+    labels = torch.arange(400) % 4
+    x = centers[labels] + torch.randn(400, 16)
+    names = ("nmi", "ami", "cluster_acc", "ari")
+    evaluator = RetrievalEvaluator(knn_protocols=(), retrieval=False, cluster_metrics=names)
+    assert evaluator.metric_names() == list(names)
+    metrics = evaluator.evaluate(x, labels).metrics
+    # The same k-means (same seed, k = classes) scored by the standalone function: one k-means.
+    alone = kmeans_clustering_scores(x, labels, seed=0)
+    for name in ("nmi", "cluster_acc", "ari"):
+        assert metrics[name] == pytest.approx(alone[name], abs=1e-12), name
+    assert 0.5 < metrics["cluster_acc"] <= 1.0
+    with pytest.raises(ValueError, match="registered clustering metrics, got 'precision_at_1'"):
+        RetrievalEvaluator(cluster_metrics=("precision_at_1",))
+    # The metrics a run adds beside the evaluator are registered, with their direction.
+    for name in ("classifier_accuracy", "ncm_accuracy", "neighbor_purity", "policy_nmi"):
+        spec = metric_spec(name)
+        assert spec is not None and spec.needs == "run" and spec.higher_is_better, name

@@ -79,7 +79,9 @@ def test_grpo_variants_differ_in_reward_and_reference_only() -> None:
 
 
 def test_a_variant_overrides_settings_and_rejects_unknown_ones() -> None:
-    variant = build_method("grpo-uniformity@uniformity_reward=2.5,temperature=0.2", small_cnn(), 10, 32)
+    variant = build_method(
+        "grpo-uniformity@uniformity_reward=2.5,temperature=0.2", small_cnn(), 10, 32
+    )
     assert isinstance(variant, GRPORMStage)
     assert variant.criterion.temperature == 0.2 and "weight=2.5" in repr(variant.criterion.reward)
     spec = method_spec("ce-linear@warmup_steps=5")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightly_grpo.data.indexed import IndexedDataset
-from lightly_grpo.losses import GRPORMNeighborLoss, GRPORMPolicyLoss
+from lightly_grpo.losses import GRPORMClassificationLoss, GRPORMNeighborLoss, GRPORMPolicyLoss
 from lightly_grpo.output_sets import NeighborOutputSet, OutputSetRefresh, in_batch_candidates
 from lightly_grpo.output_sets.base import output_set_from_config
 from lightly_grpo.output_sets.refresh import embed_bank, interleave_shards
@@ -22,7 +22,6 @@ from lightly_grpo.rewards import (
     neighbor_reward,
     reward_from_config,
 )
-from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 from tests.lightning_fit import fit_steps
 
@@ -217,7 +216,12 @@ def test_stage_trains_on_indexed_two_view_batches_and_refreshes(tmp_path: Path) 
     torch.manual_seed(0)
     train, bank_data = _two_view_dataset()
     output_set = NeighborOutputSet(24, 8, num_neighbors=3)
-    stage = GRPORMStage(_Tiny(), criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward()), batchnorm="train", lr_backbone=1e-2)
+    stage = GRPORMStage(
+        _Tiny(),
+        criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward()),
+        batchnorm="train",
+        lr_backbone=1e-2,
+    )
     output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
     before = output_set.neighbors.clone()
     refresh = OutputSetRefresh(bank_data, every_n_epochs=1, batch_size=10)
@@ -329,7 +333,9 @@ def test_a_refresh_also_updates_the_batch_sampler(tmp_path: Path) -> None:
     torch.manual_seed(0)
     train, bank_data = _two_view_dataset()
     output_set = NeighborOutputSet(24, 8, num_neighbors=3)
-    stage = GRPORMStage(_Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train", lr_backbone=0.05)
+    stage = GRPORMStage(
+        _Tiny(), criterion=GRPORMPolicyLoss(output_set), batchnorm="train", lr_backbone=0.05
+    )
     output_set.initialize(embed_bank(stage, bank_data, batch_size=10))
     sampler = NeighborBatchSampler(output_set.neighbors, batch_size=8, seed=0)
     loader = DataLoader(IndexedDataset(train), batch_sampler=sampler)

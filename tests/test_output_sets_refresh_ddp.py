@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightly_grpo.distributed import broadcast_buffers
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.output_sets import NeighborOutputSet
 from lightly_grpo.output_sets.refresh import embed_bank
-from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 
 

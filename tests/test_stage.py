@@ -118,7 +118,9 @@ def test_inner_steps_clip_and_reference_kl_are_logged(tmp_path: Path) -> None:
     pl.seed_everything(0)
     train = digits("train", eval_transform(16))
     loader = make_loader(Subset(train, range(256)), 64, shuffle=True, drop_last=True)
-    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=4, lr_backbone=1e-2)
+    stage = GRPORMStage(
+        small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=4, lr_backbone=1e-2
+    )
     stage.init_criterion(loader)
     metrics = MetricCallback()
     trainer(tmp_path, epochs=2, callbacks=[metrics]).fit(stage, loader)
@@ -147,7 +149,9 @@ def test_lightly_multiview_batches_and_checkpoint_round_trip(tmp_path: Path) -> 
 
 def test_bad_batches_and_arguments_raise() -> None:
     with pytest.raises(ValueError, match="empty batch"):
-        unpack_batch((torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), require_labels=True)
+        unpack_batch(
+            (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)), require_labels=True
+        )
     with pytest.raises(ValueError, match="this batch has no labels"):
         unpack_batch(torch.zeros(2, 1, 8, 8), require_labels=True)
     with pytest.raises(ValueError, match="expected a batch"):
@@ -178,7 +182,9 @@ def digit_loader(count: int = 128, batch_size: int = 64) -> Any:
 
 def test_recompute_batchnorm_on_a_frozen_stage_re_estimates_instead_of_resetting() -> None:
     torch.manual_seed(0)
-    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32))  # batchnorm="freeze", the default
+    stage = GRPORMStage(
+        small_cnn(), GRPORMClassificationLoss(10, 32)
+    )  # batchnorm="freeze", the default
     stage.train()
     images = next(iter(digit_loader(64, 64)))[0]
     assert stage.recompute_batchnorm([images]) == 1
@@ -194,7 +200,9 @@ def test_recompute_batchnorm_on_a_frozen_stage_re_estimates_instead_of_resetting
 
 def test_reference_model_is_untouched_by_recompute_and_training(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=2, lr_backbone=1e-2)
+    stage = GRPORMStage(
+        small_cnn(), GRPORMClassificationLoss(10, 32, beta=0.1), inner_steps=2, lr_backbone=1e-2
+    )
     assert stage.reference is not None
     before = {k: v.clone() for k, v in stage.reference.state_dict().items()}
     loader = digit_loader()
@@ -216,7 +224,9 @@ def test_reference_model_is_untouched_by_recompute_and_training(tmp_path: Path) 
 
 def test_flatten_is_shared_by_policy_and_reference_for_4d_backbones(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    stage = GRPORMStage(lightly_style_cnn(), GRPORMClassificationLoss(10, 6, beta=0.5), head=nn.Linear(8, 6))
+    stage = GRPORMStage(
+        lightly_style_cnn(), GRPORMClassificationLoss(10, 6, beta=0.5), head=nn.Linear(8, 6)
+    )
     loader = digit_loader()
     stage.init_criterion(loader)
     metrics = MetricCallback()
@@ -243,7 +253,9 @@ def test_inner_steps_sample_the_group_once_per_batch(tmp_path: Path) -> None:
 def test_checkpoint_restores_the_reward_and_the_output_set(tmp_path: Path) -> None:
     pl.seed_everything(0)
     reward = AccuracyReward(2.0) + UniformityReward(0.5, form="similarity", clamp=False)
-    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32, reward=reward, temperature=0.2, group_size=4))
+    stage = GRPORMStage(
+        small_cnn(), GRPORMClassificationLoss(10, 32, reward=reward, temperature=0.2, group_size=4)
+    )
     fit = trainer(tmp_path, max_steps=1)
     fit.fit(stage, digit_loader())
     path = tmp_path / "stage.ckpt"
@@ -262,7 +274,14 @@ def test_progress_bar_shows_what_tells_the_run_learns(tmp_path: Path) -> None:
 
 
 def test_parameter_groups_and_learning_rates() -> None:
-    stage = GRPORMStage(small_cnn(), GRPORMClassificationLoss(10, 32), lr_backbone=1e-4, lr_criterion=5e-3, weight_decay=0.05, lr_schedule="constant")
+    stage = GRPORMStage(
+        small_cnn(),
+        GRPORMClassificationLoss(10, 32),
+        lr_backbone=1e-4,
+        lr_criterion=5e-3,
+        weight_decay=0.05,
+        lr_schedule="constant",
+    )
     optimizer = stage.configure_optimizers()
     groups = {g["name"]: g for g in optimizer.param_groups}
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}

@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightly_grpo.baselines import MetricLossBaseline
+from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets import KMeansPrototypes, NeighborOutputSet
 from lightly_grpo.posttraining import PostTrainingModule
-from lightly_grpo.losses import GRPORMClassificationLoss
 from lightly_grpo.stage import GRPORMStage
 
 ITEMS, PER_RANK, DIM = 16, 8, 8

@@ -27,6 +27,7 @@ from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets.neighbors import IN_BATCH_UNIFORMITY_WEIGHT, NeighborOutputSet
 from lightly_grpo.posttraining import BATCHNORM_MODES, PostTrainingModule
 from lightly_grpo.pretrain import PRETRAIN_METHODS
+from lightly_grpo.pretrain.simclr import SimCLRModule
 from lightly_grpo.rewards import (
     DEFAULT_UNIFORMITY_WEIGHT,
     UniformityReward,
@@ -124,8 +125,10 @@ class PretrainConfig:
         "unlabeled train images to pretrain on ('all' for every one)",
         flag="--pretrain-images",
     )
-    lr: float = option(1e-3, "pretraining learning rate", flag="--pretrain-lr")
-    temperature: float = option(0.2, "NT-Xent temperature", flag="--pretrain-temperature")
+    lr: float = owned_option(SimCLRModule, "lr", "pretraining learning rate", flag="--pretrain-lr")
+    temperature: float = owned_option(
+        SimCLRModule, "temperature", "NT-Xent temperature", flag="--pretrain-temperature"
+    )
     method: str = option(
         "simclr", "pretraining method (lightly_grpo.pretrain)", choices=tuple(PRETRAIN_METHODS)
     )

@@ -28,17 +28,16 @@ from lightly_grpo.chains.runtime import resolve_device
 from lightly_grpo.data import (
     eval_transform,
     images_for_display,
-    make_loader,
     random_subset,
     resolve_dataset,
     subset,
 )
-from lightly_grpo.distributed import gather_shards, is_global_zero, rank_shard
+from lightly_grpo.distributed import is_global_zero
 from lightly_grpo.embedding import (
     EmbedFn,
     backbone_features,
     class_means,
-    embed_loader,
+    embed_dataset,
     eval_mode,
 )
 from lightly_grpo.evaluation import RetrievalEvaluator, RetrievalResult, evaluate_against_bank
@@ -119,7 +118,7 @@ def class_means_accuracy(
     return float(((test[0] @ keys.t()).argmax(1) == test[1]).float().mean())
 
 
-def embed_dataset(
+def embed_split(
     name: str,
     embed: EmbedFn,
     dataset: Dataset[Any],
@@ -128,20 +127,13 @@ def embed_dataset(
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Unnormalised (N, D) CPU embeddings and (N,) labels of a labeled dataset (eval mode is
-    the caller's), with a progress bar named ``name``.
-
-    Under DDP (as lightly's ``KNNClassifier`` gathers its bank) every rank embeds a strided
-    shard, rank r the items r, r + W, ..., and all ranks receive the whole split in dataset
-    order; without a process group one process embeds everything.
-    """
-    total = len(dataset)  # type: ignore[arg-type]
-    positions = rank_shard(total)
-    if len(positions) < total:
-        dataset = Subset(dataset, positions)
-    loader = make_loader(dataset, cfg.batch_size, shuffle=False)
-    embeddings, labels = embed_loader(embed, loader, device, progress, name, normalize=False)
-    assert labels is not None  # embed_loader requires labels by default
-    return gather_shards(embeddings, total, device), gather_shards(labels, total, device)
+    the caller's), with a progress bar named ``name``; under DDP each rank embeds a shard
+    (:func:`~lightly_grpo.embedding.embed_dataset`)."""
+    embeddings, labels = embed_dataset(
+        embed, dataset, device, cfg.batch_size, progress=progress, desc=name, normalize=False
+    )
+    assert labels is not None  # labels are required
+    return embeddings, labels
 
 
 def _protocols_that_fit(evaluator: RetrievalEvaluator, bank_size: int) -> RetrievalEvaluator:
@@ -197,10 +189,11 @@ def evaluate_embeddings(
     cfg: EvalConfig,
     device: torch.device,
     classifier: ClassifierFn | None = None,
+    evaluator: RetrievalEvaluator | None = None,
 ) -> EmbeddingEvaluation | None:
     """Embeds the train bank and the test split and scores them (:func:`score_embeddings`).
 
-    Under DDP every rank takes part in the embedding (:func:`embed_dataset`); only rank 0
+    Under DDP every rank takes part in the embedding (:func:`embed_split`); only rank 0
     scores, the others get None.
 
     Args:
@@ -211,12 +204,13 @@ def evaluate_embeddings(
         device: Where the images go.
         classifier: The model's own class prediction from unnormalised CPU embeddings (e.g.
             ``module.classify_embeddings``); None for a model without a head.
+        evaluator: The metrics (default ``RetrievalEvaluator()``).
     """
-    train = embed_dataset(f"{name}: train split", embed, data.train, cfg, device)
-    test = embed_dataset(f"{name}: test split", embed, data.test, cfg, device)
+    train = embed_split(f"{name}: train split", embed, data.train, cfg, device)
+    test = embed_split(f"{name}: test split", embed, data.test, cfg, device)
     if not is_global_zero():
         return None  # under DDP every rank embeds its shard; rank 0 alone scores and reports
-    result = score_embeddings(train, test, classifier)
+    result = score_embeddings(train, test, classifier, evaluator=evaluator)
     return EmbeddingEvaluation(
         result=result, embeddings=F.normalize(test[0], dim=1), labels=test[1]
     )
@@ -369,7 +363,7 @@ __all__ = [
     "backbone_embed_fn",
     "class_means_accuracy",
     "eval_split",
-    "embed_dataset",
+    "embed_split",
     "evaluate_checkpoints",
     "evaluate_embeddings",
     "evaluate_run",

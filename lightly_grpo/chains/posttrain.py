@@ -50,6 +50,7 @@ from lightly_grpo.chains.runtime import (
 )
 from lightly_grpo.distributed import is_global_zero
 from lightly_grpo.embedding import EmbedFn, eval_mode
+from lightly_grpo.evaluation import RetrievalEvaluator
 from lightly_grpo.methods import build_method, grpo_stage, method_spec
 from lightly_grpo.posttraining import PostTrainingModule
 from lightly_grpo.pretrain.simclr import SimCLRModule
@@ -96,16 +97,17 @@ def fit_stage(
     trainer: pl.Trainer,
     module: pl.LightningModule,
     train: DataLoader[Any] | Callable[[], DataLoader[Any]],
-    cfg: PosttrainConfig,
     validation: DataLoader[Any] | None = None,
     ckpt_path: str | None = None,
     initialize: Callable[[], None] | None = None,
+    batchnorm_images: Callable[[], DataLoader[Any]] | None = None,
 ) -> tuple[float, float]:
     """The one fit sequence of GRPO-RM, every baseline and continued SimCLR.
 
     Moves the module to the trainer's device, initialises its criterion (``initialize``: class
     means, the bank of an unlabeled output set), trains, and leaves the module in eval mode on
-    that device, with BatchNorm statistics re-estimated for ``batchnorm="recompute"``. ``train``
+    that device, with BatchNorm statistics re-estimated on ``batchnorm_images()`` (unlabeled
+    images) for a module with ``batchnorm="recompute"``. ``train``
     is the training loader, or a function that builds it once the criterion is initialised (a
     loader mined from the output set). From
     ``ckpt_path`` (a resumed run) Lightning restores the weights, the output set, the optimizer,
@@ -129,8 +131,10 @@ def fit_stage(
     trainer.fit(module, loader, validation, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started - init_seconds
     module.to(device)  # Lightning's teardown moves the module back to the CPU
-    if cfg.batchnorm == "recompute" and isinstance(module, PostTrainingModule):
-        module.recompute_batchnorm(bn_loader(cfg))
+    if isinstance(module, PostTrainingModule) and module.batchnorm == "recompute":
+        if batchnorm_images is None:
+            raise ValueError("batchnorm='recompute' needs images to re-estimate the statistics on")
+        module.recompute_batchnorm(batchnorm_images())
     module.eval()
     return init_seconds, train_seconds
 
@@ -203,10 +207,10 @@ def fit_baseline(
         trainer,
         module,
         data.train,
-        cfg,
         data.validation,
         resume_from(cfg.resume, folder),
         lambda: module.init_criterion(data.init),
+        lambda: bn_loader(cfg),
     )
     return module
 
@@ -234,7 +238,7 @@ def fit_simclr(cfg: PosttrainConfig, data: TrainData, out_dir: Path, steps: int)
     # batches than a plain one), however many epochs that is.
     folder = out_dir / "baselines" / SIMCLR
     trainer = make_trainer(cfg.trainer, folder, -1, max_steps=steps)
-    fit_stage(trainer, module, loader, cfg, ckpt_path=resume_from(cfg.resume, folder))
+    fit_stage(trainer, module, loader, ckpt_path=resume_from(cfg.resume, folder))
     return module.backbone
 
 
@@ -280,10 +284,10 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
         trainer,
         stage,
         lambda: recipe.loader(cfg, data, stage),
-        cfg,
         data.validation,
         resume_from(cfg.resume, out_dir),
         lambda: recipe.initialize(stage, cfg, data),
+        lambda: bn_loader(cfg),
     )
     outputs = RunOutputs(
         checkpoint=save_final_checkpoint(trainer, out_dir / "grpo.ckpt"),  # collective under DDP
@@ -313,7 +317,12 @@ def posttrain(cfg: PosttrainConfig, evaluate: bool = True) -> RunOutputs:
     if evaluate:
         assert eval_data is not None
         evaluations = evaluate_models(
-            cfg, models, eval_data, trainer.strategy.root_device, recipe.extra_metrics(cfg, stage)
+            cfg,
+            models,
+            eval_data,
+            trainer.strategy.root_device,
+            recipe.extra_metrics(cfg, stage),
+            recipe.evaluator(cfg),
         )
         if evaluations is None:
             return outputs  # a DDP rank other than 0: it embedded its shards; rank 0 reports
@@ -345,15 +354,16 @@ def evaluate_models(
     data: EvaluationData,
     device: torch.device,
     extra: Callable[[str, torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+    evaluator: RetrievalEvaluator | None = None,
 ) -> dict[str, EmbeddingEvaluation] | None:
-    """Every model's evaluation plus the recipe's ``extra`` metrics; None on a DDP rank other
-    than 0 (every rank embeds its shard of the splits, rank 0 scores)."""
+    """Every model's evaluation (``evaluator``'s metrics) plus the recipe's ``extra`` metrics;
+    None on a DDP rank other than 0 (every rank embeds its shard, rank 0 scores)."""
     evaluations = {}
     for name, (embed, module, classifier) in models.items():
         module.to(device)
         with eval_mode(module):
             evaluation = evaluate_embeddings(
-                name, embed, data, cfg.eval, device, classifier=classifier
+                name, embed, data, cfg.eval, device, classifier=classifier, evaluator=evaluator
             )
         if evaluation is None:
             continue  # not rank 0; the next model's embedding still needs this rank's shard

@@ -48,11 +48,8 @@ from lightly_grpo.data.indexed import IndexedDataset
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
 from lightly_grpo.data.splits import random_subset
 from lightly_grpo.data.transforms import simclr_transform
-from lightly_grpo.evaluation.clustering import (
-    clustering_scores,
-    kmeans_clustering_scores,
-    neighbor_purity,
-)
+from lightly_grpo.evaluation import RetrievalEvaluator
+from lightly_grpo.evaluation.clustering import clustering_scores, neighbor_purity
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.methods import class_criterion, policy_settings, uniformity_weight
 from lightly_grpo.output_sets.kmeans_prototypes import KMeansPrototypes
@@ -260,8 +257,13 @@ class OutputSetRecipe:
         """The evaluation splits."""
         return evaluation_data(cfg.data, cfg.eval)
 
+    def evaluator(self, cfg: PosttrainConfig) -> RetrievalEvaluator | None:
+        """The evaluator's metrics (None: ``RetrievalEvaluator()``'s)."""
+        return None
+
     def extra_metrics(self, cfg: PosttrainConfig, stage: GRPORMStage) -> ExtraMetrics | None:
-        """Metrics beside the evaluator's, for each evaluated model (None: none)."""
+        """Metrics beside the evaluator's, for each evaluated model (None: none); each is a
+        registered ``"run"`` metric of :mod:`lightly_grpo.evaluation.metrics`."""
         return None
 
     def report_title(self, cfg: PosttrainConfig) -> str:
@@ -339,12 +341,18 @@ class UnlabeledRecipe(OutputSetRecipe):
             )
         ]
 
+    def evaluator(self, cfg: PosttrainConfig) -> RetrievalEvaluator | None:
+        # Clustering scores of the evaluator's one k-means (as many clusters as classes present,
+        # fewer in retrieval mode's unseen classes): the pretrained row is the "k-means on
+        # pretrained embeddings" baseline.
+        return RetrievalEvaluator(
+            cluster_metrics=("nmi", "ami", "cluster_acc", "ari"), seed=cfg.data.data_seed
+        )
+
     def extra_metrics(self, cfg: PosttrainConfig, stage: GRPORMStage) -> ExtraMetrics | None:
         def metrics(name: str, queries: Tensor, labels: Tensor) -> dict[str, float]:
-            # As many clusters as classes present (fewer in retrieval mode's unseen classes).
-            scores = kmeans_clustering_scores(queries, labels, None, seed=cfg.data.data_seed)
-            scores["neighbor_purity"] = neighbor_purity(queries, labels, k=min(20, len(labels) - 1))
-            return scores
+            k = min(20, len(labels) - 1)
+            return {"neighbor_purity": neighbor_purity(queries, labels, k=k)}
 
         return metrics
 

@@ -40,16 +40,9 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from lightly_grpo.index.search import knn_search
-from lightly_grpo.validation import check_embeddings
+from lightly_grpo.validation import check_embeddings, check_int
 
 __all__ = ["NeighborBatchSampler", "reference_neighbors"]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    """``value`` as an int if it is one (not a bool) and at least ``minimum``, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _neighbor_table(neighbors: object) -> np.ndarray:
@@ -187,13 +180,13 @@ class NeighborBatchSampler(Sampler[list[int]]):
         super().__init__()
         table = _neighbor_table(neighbors)
         num_items, k = table.shape
-        per_anchor = _check_int(neighbors_per_anchor, "neighbors_per_anchor", 1)
+        per_anchor = check_int("neighbors_per_anchor", neighbors_per_anchor, 1)
         if per_anchor > k:
             raise ValueError(
                 f"neighbors_per_anchor must be at most k = {k} (neighbour table shape "
                 f"{tuple(table.shape)}) to draw distinct neighbours, got {per_anchor}"
             )
-        batch = _check_int(batch_size, "batch_size", 1)
+        batch = check_int("batch_size", batch_size, 1)
         if batch < 1 + per_anchor:
             raise ValueError(
                 f"batch_size must be at least 1 + neighbors_per_anchor = {1 + per_anchor} "
@@ -207,7 +200,7 @@ class NeighborBatchSampler(Sampler[list[int]]):
         if not isinstance(drop_last, bool):
             raise ValueError(f"drop_last must be a bool, got {drop_last!r}")
         if num_replicas is not None:
-            num_replicas = _check_int(num_replicas, "num_replicas", 1)
+            num_replicas = check_int("num_replicas", num_replicas, 1)
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))):
             raise ValueError(f"rank must be an integer, got {rank!r}")
 
@@ -217,7 +210,7 @@ class NeighborBatchSampler(Sampler[list[int]]):
         self.batch_size = batch
         self.neighbors_per_anchor = per_anchor
         self.drop_last = drop_last
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int("seed", seed, 0)
         self._num_replicas = num_replicas
         self._rank = None if rank is None else int(rank)
         self.epoch = 0
@@ -269,7 +262,7 @@ class NeighborBatchSampler(Sampler[list[int]]):
             >>> list(sampler) == list(NeighborBatchSampler(neighbors, batch_size=2, seed=1))
             True
         """
-        self.epoch = _check_int(epoch, "epoch", 0)
+        self.epoch = check_int("epoch", epoch, 0)
 
     def __len__(self) -> int:
         """Number of batches this rank yields per epoch."""
@@ -371,7 +364,7 @@ class NeighborBatchSampler(Sampler[list[int]]):
             >>> sampler.batch_layout(3)
             (tensor([0, 2]), tensor([[1]]))
         """
-        length = _check_int(batch_len, "batch_len", 1)
+        length = check_int("batch_len", batch_len, 1)
         groups = min(length // self.group_size, self.groups_per_batch)
         fill = length - groups * self.group_size
         if length > self.batch_size or (groups < self.groups_per_batch and fill > 0):

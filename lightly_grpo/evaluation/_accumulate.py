@@ -43,6 +43,7 @@ class PerQueryValues:
         """Stores every retrieval metric of the queries ``start .. start + len(chunk)``."""
         stop = start + len(chunk.relevant)
         for spec in self.retrieval_specs:
+            assert spec.fn is not None  # every retrieval metric has its function
             self.values[spec.name][start:stop] = spec.fn(chunk).cpu()
 
     def add_knn(
@@ -71,6 +72,7 @@ class PerQueryValues:
             votes = KNNChunk(predictions, targets[rows])
             first = start + (rows.start or 0)
             for spec in specs:
+                assert spec.fn is not None  # every kNN metric has its function
                 values = spec.fn(votes).cpu()
                 self.values[spec.name][first : first + len(values)] = values
 

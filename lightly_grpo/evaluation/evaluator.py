@@ -260,14 +260,16 @@ class RetrievalEvaluator:
         backend: Search backend of :mod:`lightly_grpo.index` (``"auto"``, ``"faiss"``,
             ``"faiss-gpu"``, ``"tiled"``, ``"torch"``).
         chunk_size: Queries per search chunk; ``None`` picks it from a memory budget.
-        nmi: Compute NMI/AMI from spherical k-means on the queries.
-        num_clusters: Clusters for NMI/AMI; ``None`` uses the number of query labels.
+        nmi: Score one spherical k-means of the queries with ``cluster_metrics``.
+        num_clusters: Clusters of that k-means; ``None`` uses the number of query labels.
         seed: Seed of the k-means initialisation.
         per_class: Fill :attr:`RetrievalResult.per_class`.
         retrieval: Compute P@1, R-precision, MAP@R, MAP and Recall@K (these need a search as
             deep as the largest class); ``False`` leaves only kNN (and NMI/AMI).
         num_neighbors: Top neighbours kept per query for a retrieval grid.
         progress: Show a tqdm bar while searching.
+        cluster_metrics: The registered ``"clusters"`` metrics of that one k-means (``"nmi"``,
+            ``"ami"``, ``"cluster_acc"``, ``"ari"``).
 
     Examples:
         >>> x = torch.randn(300, 32)
@@ -291,6 +293,7 @@ class RetrievalEvaluator:
         retrieval: bool = True,
         num_neighbors: int = 8,
         progress: bool = False,
+        cluster_metrics: Sequence[str] = ("nmi", "ami"),
     ) -> None:
         for k in recall_at:
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -299,6 +302,12 @@ class RetrievalEvaluator:
             raise ValueError(f"num_clusters must be >= 1 or None, got {num_clusters}")
         if num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
+        for name in cluster_metrics:
+            spec = metric_spec(name)
+            if spec is None or spec.needs != "clusters":
+                raise ValueError(
+                    f"cluster_metrics must name registered clustering metrics, got {name!r}"
+                )
         resolve_backend(backend)  # Fail early on an unknown or unavailable backend.
         self.recall_at = tuple(sorted(set(recall_at)))
         self.protocols = [parse_protocol(p) for p in knn_protocols]
@@ -312,6 +321,7 @@ class RetrievalEvaluator:
         self.retrieval = retrieval
         self.num_neighbors = num_neighbors
         self.progress = progress
+        self.cluster_metrics = tuple(cluster_metrics)
 
     def replace(self, **changes: Any) -> RetrievalEvaluator:
         """A copy with some constructor arguments changed.
@@ -332,6 +342,7 @@ class RetrievalEvaluator:
             "retrieval": self.retrieval,
             "num_neighbors": self.num_neighbors,
             "progress": self.progress,
+            "cluster_metrics": self.cluster_metrics,
         }
         unknown = set(changes) - set(options)
         if unknown:
@@ -353,7 +364,7 @@ class RetrievalEvaluator:
             names += list(RETRIEVAL_METRICS) + [f"recall_at_{k}" for k in self.recall_at]
         names += [f"knn_top{n}_{name}" for name, _, _ in self.protocols for n in KNN_TOP]
         if self.nmi:
-            names += ["nmi", "ami"]
+            names += list(self.cluster_metrics)
         return names
 
     def evaluate(
@@ -577,7 +588,7 @@ class RetrievalEvaluator:
             inputs.query, self._num_clusters(inputs), seed=self.seed, backend=self.backend
         )
         clusters = ClusterInputs(inputs.q_labels.cpu().numpy(), assignments.cpu().numpy())
-        return {spec.name: float(spec.fn(clusters)) for spec in cluster_specs}
+        return {spec.name: float(spec.fn(clusters)) for spec in cluster_specs if spec.fn}
 
     def _info(self, inputs: _Inputs, search_k: int, backend: str) -> dict[str, Any]:
         """Sizes and settings of one evaluation, for :attr:`RetrievalResult.info`.

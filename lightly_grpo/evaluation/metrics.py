@@ -14,7 +14,12 @@ function that computes it:
   lightly does; ``knn_top{N}_{protocol}`` is top-N accuracy of the vote of a protocol from
   :data:`KNN_PROTOCOLS` or a ``(k, T)`` tuple (named ``k{k}_t{T}``).
 - ``"clusters"``: one value from the labels and a clustering of the queries
-  (:class:`ClusterInputs`): NMI and AMI.
+  (:class:`ClusterInputs`): NMI, AMI, clustering accuracy (Hungarian matching) and ARI, all of
+  the evaluator's one k-means.
+- ``"run"``: computed by the run beside the evaluator, registered for their name and direction:
+  the model's own classifier and the nearest class mean (``classifier_accuracy``,
+  ``ncm_accuracy``), the neighbour purity of the test set, and the k-means output set's own
+  clustering (``policy_cluster_acc``, ``policy_nmi``, ``policy_ari``).
 
 Parametrised families (``recall_at_{K}``, ``knn_top{N}_{protocol}``) are resolved by pattern, so
 any K, N or protocol has a spec. :func:`register_metric` adds a metric.
@@ -30,8 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+from sklearn.metrics import (
+    adjusted_mutual_info_score,
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+)
 from torch import Tensor
+
+from lightly_grpo.evaluation.clustering import clustering_accuracy
 
 #: The kNN protocol table: name -> (k, temperature). Used for evaluation and display names.
 KNN_PROTOCOLS: dict[str, tuple[int, float]] = {"dino": (20, 0.07), "lightly": (200, 0.1)}
@@ -47,7 +58,8 @@ RETRIEVAL_METRICS = (
 #: Top-N accuracies the evaluator reports per kNN protocol.
 KNN_TOP = (1, 5)
 
-Needs = Literal["retrieval", "knn", "clusters"]
+Needs = Literal["retrieval", "knn", "clusters", "run"]
+_NEEDS = ("retrieval", "knn", "clusters", "run")
 
 
 @dataclass
@@ -115,8 +127,9 @@ class MetricSpec:
         display_name: Human-readable name, e.g. ``"MAP@R"``.
         higher_is_better: Whether a larger value is better.
         needs: ``"retrieval"`` (``fn(RetrievalChunk) -> (B,) float64``), ``"knn"``
-            (``fn(KNNChunk) -> (B,) float64``) or ``"clusters"`` (``fn(ClusterInputs) -> float``).
-        fn: The function.
+            (``fn(KNNChunk) -> (B,) float64``), ``"clusters"`` (``fn(ClusterInputs) -> float``)
+            or ``"run"`` (computed by the run; ``fn`` is None).
+        fn: The function (None for ``"run"`` metrics).
 
     Examples:
         >>> spec = metric_spec("mean_average_precision_at_r")
@@ -128,7 +141,7 @@ class MetricSpec:
     display_name: str
     higher_is_better: bool
     needs: Needs
-    fn: Callable[[Any], Any]
+    fn: Callable[[Any], Any] | None
 
 
 def precision_at_1(chunk: RetrievalChunk) -> Tensor:
@@ -175,6 +188,17 @@ def ami(inputs: ClusterInputs) -> float:
     return float(adjusted_mutual_info_score(inputs.labels, inputs.assignments))
 
 
+def cluster_acc(inputs: ClusterInputs) -> float:
+    """Clustering accuracy with Hungarian matching
+    (:func:`~lightly_grpo.evaluation.clustering.clustering_accuracy`)."""
+    return clustering_accuracy(inputs.assignments, inputs.labels)
+
+
+def ari(inputs: ClusterInputs) -> float:
+    """Adjusted Rand index between labels and clusters."""
+    return float(adjusted_rand_score(inputs.labels, inputs.assignments))
+
+
 _REGISTRY: dict[str, MetricSpec] = {}
 
 
@@ -184,10 +208,8 @@ def register_metric(spec: MetricSpec, *, overwrite: bool = False) -> MetricSpec:
     Raises:
         ValueError: If the name is taken (and ``overwrite`` is False) or ``needs`` is unknown.
     """
-    if spec.needs not in ("retrieval", "knn", "clusters"):
-        raise ValueError(
-            f"needs must be 'retrieval', 'knn' or 'clusters', got {spec.needs!r} ({spec.name})"
-        )
+    if spec.needs not in _NEEDS:
+        raise ValueError(f"needs must be one of {_NEEDS}, got {spec.needs!r} ({spec.name})")
     if spec.name in _REGISTRY and not overwrite:
         raise ValueError(f"metric {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
@@ -203,6 +225,19 @@ for _name, _display, _fn in (
     register_metric(MetricSpec(_name, _display, True, "retrieval", _fn))
 register_metric(MetricSpec("nmi", "NMI", True, "clusters", nmi))
 register_metric(MetricSpec("ami", "AMI", True, "clusters", ami))
+register_metric(
+    MetricSpec("cluster_acc", "Clustering ACC (k-means)", True, "clusters", cluster_acc)
+)
+register_metric(MetricSpec("ari", "ARI", True, "clusters", ari))
+for _name, _display in (
+    ("classifier_accuracy", "Classifier accuracy (the model's own head)"),
+    ("ncm_accuracy", "Nearest-class-mean accuracy"),
+    ("neighbor_purity", "Neighbour purity (k=20)"),
+    ("policy_cluster_acc", "Clustering ACC (the policy's argmax)"),
+    ("policy_nmi", "NMI (the policy's argmax)"),
+    ("policy_ari", "ARI (the policy's argmax)"),
+):
+    register_metric(MetricSpec(_name, _display, True, "run", None))
 
 _RECALL = re.compile(r"recall_at_([1-9]\d*)")
 _KNN = re.compile(r"knn_top([1-9]\d*)_(.+)")
@@ -231,7 +266,7 @@ def metric_spec(name: str) -> MetricSpec | None:
         'Recall@4'
         >>> metric_spec("knn_top5_lightly").display_name
         'kNN top-5 (k=200, T=0.1)'
-        >>> metric_spec("policy_accuracy") is None
+        >>> metric_spec("no_such_metric") is None
         True
     """
     if name in _REGISTRY:

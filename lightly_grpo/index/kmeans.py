@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightly_grpo.index import search
+import lightly_grpo.index.search as search
 from lightly_grpo.index.search import (
     ArrayLike,
     as_finite_float_tensor,

@@ -15,16 +15,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from lightly_grpo.data.neighbor_sampler import NeighborBatchSampler
 from lightly_grpo.distributed import (
     broadcast_buffers,
-    gather_shards,
     interleave_shards,
-    rank_shard,
 )
-from lightly_grpo.embedding import embed_loader, eval_mode
+from lightly_grpo.embedding import embed_dataset, eval_mode
 from lightly_grpo.output_sets.neighbors import NeighborOutputSet
 
 # interleave_shards moved to lightly_grpo.distributed; re-exported for existing imports.
@@ -56,21 +54,18 @@ def embed_bank(
         num_workers: DataLoader workers.
         progress: Show a tqdm bar.
     """
-    total = len(dataset)  # type: ignore[arg-type]
-    # Each rank embeds a strided shard; the gather rebuilds dataset order on every rank.
-    positions = rank_shard(total)
-    shard: Dataset[Any] = Subset(dataset, positions) if len(positions) < total else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with eval_mode(module):
-        embeddings, _ = embed_loader(
+        embeddings, _ = embed_dataset(
             module.forward,
-            loader,
+            dataset,
             module.device,
+            batch_size,
+            num_workers,
             progress,
             desc="refreshing output set",
             require_labels=False,
         )
-    return gather_shards(embeddings.to(module.device), total)
+    return embeddings.to(module.device)
 
 
 def mine_from_output_set(trainer: pl.Trainer | None, pl_module: Any) -> bool:

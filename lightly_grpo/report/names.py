@@ -4,7 +4,7 @@ How a metric is shown and whether a larger value of it is better are each decide
 function, :func:`metric_display_name` and :func:`higher_is_better`, so that every table, delta
 cell, summary sentence and chart of the report agrees. Both ask the evaluation's metric registry
 (:func:`lightly_grpo.evaluation.metrics.metric_spec`) first and fall back to the rules here only
-for names it does not know: the stage's policy accuracy, training curves and timings.
+for names it does not know: training curves and timings.
 """
 
 from __future__ import annotations
@@ -36,16 +36,7 @@ _METRIC_ORDER = (
     "knn_top5_lightly",
     "classifier_accuracy",
     "ncm_accuracy",
-    "policy_accuracy",
 )
-# Names of metrics the evaluation registry does not know (the stage's own, training curves).
-_FIXED_NAMES = {
-    "classifier_accuracy": "Classifier accuracy (the model's own head)",
-    "ncm_accuracy": "Nearest-class-mean accuracy",
-    # The name of version 0.2's metrics files: the prototype argmax for a post-trained model,
-    # the nearest class mean for a plain backbone.
-    "policy_accuracy": "Policy accuracy (0.2 metrics files)",
-}
 # Substrings of metric names for which a smaller value is the better one.
 _LOWER_IS_BETTER = ("loss", "error", "seconds", "time_s", "memory")
 # Panel order of the training curves (keys without their "train/" or "val/" prefix).
@@ -67,8 +58,7 @@ def metric_display_name(name: str) -> str:
 
     Metrics the evaluation computes are named by its registry
     (:func:`lightly_grpo.evaluation.metrics.metric_spec`, so a kNN protocol reads as its k and
-    temperature); other names the report knows are named here, and unknown names are returned
-    unchanged.
+    temperature); unknown names are returned unchanged.
 
     Examples:
         >>> metric_display_name("knn_top1_dino")
@@ -79,7 +69,7 @@ def metric_display_name(name: str) -> str:
     spec = _registered(name)
     if spec is not None:
         return spec.display_name
-    return _FIXED_NAMES.get(name, name)
+    return name
 
 
 def higher_is_better(name: str) -> bool:

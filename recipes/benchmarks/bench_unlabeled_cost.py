@@ -80,7 +80,9 @@ def main() -> int:
     backbone = load_backbone(args.checkpoint, "resnet18_small")
     dim = backbone_output_dim(backbone, (1, size, size))
     output_set = NeighborOutputSet(len(indices), dim, num_neighbors=20)
-    stage = GRPORMStage(backbone, criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward(1.0, 0.5, 30.0)))
+    stage = GRPORMStage(
+        backbone, criterion=GRPORMPolicyLoss(output_set, reward=neighbor_reward(1.0, 0.5, 30.0))
+    )
     started = time.perf_counter()
     bank = embed_bank(stage, plain, batch_size=512, progress=True)
     embedded = time.perf_counter()

@@ -293,7 +293,7 @@ def test_bad_sampler_arguments() -> None:
         NeighborBatchSampler(table, batch_size=2, neighbors_per_anchor=2)
     with pytest.raises(ValueError, match="neighbors_per_anchor must be at most k = 3"):
         NeighborBatchSampler(table, batch_size=8, neighbors_per_anchor=4)
-    with pytest.raises(ValueError, match="neighbors_per_anchor must be an integer >= 1"):
+    with pytest.raises(ValueError, match="neighbors_per_anchor must be >= 1"):
         NeighborBatchSampler(table, batch_size=8, neighbors_per_anchor=0)
     with pytest.raises(ValueError, match="N = 10 items.*fewer than one batch of batch_size = 12"):
         NeighborBatchSampler(table, batch_size=12)

@@ -16,7 +16,7 @@ import pytest
 from benchlib import BenchmarkConfig, DataRow, row_data, run_benchmark
 from benchlib.runner import Benchmark, result_path
 from lightly_grpo.backbones import export_backbone, resnet18_small
-from lightly_grpo.methods import MethodSettings
+from lightly_grpo.chains.config import PosttrainConfig
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "benchmarks"
 ROW = DataRow("digits", dataset="digits", label_fraction=0.1, epochs=1, batch_size=32)
@@ -25,7 +25,7 @@ CFG = BenchmarkConfig(
     methods=("ce-linear", "grpo-uniformity"),
     seeds=(0, 1),
     lr_grid=(1.0, 2.0),
-    settings=MethodSettings(lr_backbone=1e-3, lr_criterion=1e-2),
+    settings=PosttrainConfig(lr_backbone=1e-3, lr_criterion=1e-2),
     input_size=16,
     val_images=60,
     bank_images=300,

@@ -9,9 +9,7 @@ command line.
 The rest of this package is the benchmarks' lab code, outside the product: out-of-distribution
 test shifts (:mod:`benchlib.shifts`), long-tailed subsets (:mod:`benchlib.long_tail`), the IVF
 index (:mod:`benchlib.approximate`), FAISS on several GPUs (:mod:`benchlib.multi_gpu`) and
-synthetic embeddings with exact float32 scores (:mod:`benchlib.synthetic`). The quality
-benchmark's names below load on first use, so importing one of those modules does not load the
-training stack.
+synthetic embeddings with exact float32 scores (:mod:`benchlib.synthetic`).
 
 Examples:
     >>> from benchlib import CPU_PRESET, run_benchmark
@@ -21,50 +19,21 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from benchlib.config import (
-        CPU_EXTRA_PRESET,
-        CPU_PRESET,
-        GPU_PRESET,
-        PRESETS,
-        BenchmarkConfig,
-        DataRow,
-        PretrainSpec,
-    )
-    from benchlib.data import RowData, row_data
-    from benchlib.runner import PRETRAINED, Benchmark, RunResult, result_path
-    from benchlib.table import benchmark_markdown, convergence_plot
-
-#: The module of each name re-exported here, imported when the name is first read.
-_EXPORTS = {
-    **dict.fromkeys(
-        (
-            "CPU_EXTRA_PRESET",
-            "CPU_PRESET",
-            "GPU_PRESET",
-            "PRESETS",
-            "BenchmarkConfig",
-            "DataRow",
-            "PretrainSpec",
-        ),
-        "benchlib.config",
-    ),
-    **dict.fromkeys(("RowData", "row_data"), "benchlib.data"),
-    **dict.fromkeys(("PRETRAINED", "Benchmark", "RunResult", "result_path"), "benchlib.runner"),
-    **dict.fromkeys(("benchmark_markdown", "convergence_plot"), "benchlib.table"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Module-level lookup (PEP 562) of the quality benchmark's names."""
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from benchlib.config import (
+    CPU_EXTRA_PRESET,
+    CPU_PRESET,
+    GPU_PRESET,
+    PRESETS,
+    BenchmarkConfig,
+    DataRow,
+    PretrainSpec,
+)
+from benchlib.data import RowData, row_data
+from benchlib.runner import PRETRAINED, Benchmark, RunResult, result_path
+from benchlib.table import benchmark_markdown, convergence_plot
 
 
 def run_benchmark(
@@ -78,9 +47,6 @@ def run_benchmark(
     Returns:
         The path of ``results.md``.
     """
-    from benchlib.runner import Benchmark
-    from benchlib.table import benchmark_markdown, convergence_plot
-
     bench = Benchmark(cfg, out_dir, checkpoints, accelerator)
     results = bench.run_all()
     lrs = {method: result.lr for result in results for method in [result.method] if result.lr > 0}

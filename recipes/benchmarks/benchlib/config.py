@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lightly_grpo.methods import METHODS, MethodSettings, method_spec
+from lightly_grpo.chains.config import PosttrainConfig
+from lightly_grpo.methods import METHODS, method_spec
 
 #: Pretraining recipes a row's backbone can come from.
 BACKBONE_SOURCES = ("simclr", "dino")
@@ -81,7 +82,9 @@ class BenchmarkConfig:
         seeds: Training seeds (initialisation, shuffling, augmentation); the images are fixed by
             ``data_seed`` for every seed and method.
         data_seed: Seed of the validation hold-out, the labeled subsets and the evaluated images.
-        settings: What every method shares (learning rates are then tuned, see ``lr_grid``).
+        settings: The run config every method is built from (learning rates, weight decay,
+            BatchNorm policy, temperature, reward weights; learning rates are then tuned, see
+            ``lr_grid``).
         lr_grid: Multipliers of each method's tuned learning rate (``MethodSpec.tuned_lr``),
             tried on ``tune_row`` with the first seed; the one with the best validation score
             is used for every seed and row. ``(1.0,)`` turns tuning off.
@@ -104,7 +107,7 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     seeds: tuple[int, ...] = (0, 1, 2)
     data_seed: int = 0
-    settings: MethodSettings = field(default_factory=MethodSettings)
+    settings: PosttrainConfig = field(default_factory=PosttrainConfig)
     lr_grid: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     tune_row: str | None = None
     input_size: int = 28

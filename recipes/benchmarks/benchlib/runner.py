@@ -29,13 +29,14 @@ from benchlib.config import BenchmarkConfig, DataRow
 from benchlib.data import RowData, row_data
 from lightly_grpo.backbones import backbone_output_dim, load_backbone
 from lightly_grpo.chains.config import EvalConfig, PretrainConfig, TrainerConfig
-from lightly_grpo.chains.evaluate import backbone_embed_fn, embed_dataset, score_embeddings
+from lightly_grpo.chains.evaluate import backbone_embed_fn, embed_split, score_embeddings
+from lightly_grpo.chains.posttrain import fit_stage
 from lightly_grpo.chains.runtime import EpochHistory, resolve_device
 from lightly_grpo.data import make_loader
 from lightly_grpo.data.config import DataConfig
 from lightly_grpo.embedding import eval_mode
 from lightly_grpo.evaluation import RetrievalEvaluator
-from lightly_grpo.methods import method_spec
+from lightly_grpo.methods import method_spec, with_lr
 from lightly_grpo.posttraining import PostTrainingModule
 
 #: The method name of the pretrained backbone's row (no post-training, evaluated once).
@@ -239,7 +240,7 @@ class Benchmark:
 
         def embedded(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
             # One line per run is the benchmark's progress; a bar per split would bury it.
-            return embed_dataset(f"{name}: {split}", embed, dataset, eval_cfg, device, False)
+            return embed_split(f"{name}: {split}", embed, dataset, eval_cfg, device, False)
 
         bank, labeled = embedded(data.bank, "bank"), embedded(data.labeled, "labeled")
         test = embedded(data.test, "test")
@@ -293,14 +294,11 @@ class Benchmark:
         # backbone) happens before seeding: a run is the same first in a process or resumed.
         backbone = self.backbone(row.backbone)
         size = backbone_output_dim(backbone, (1, self.cfg.input_size, self.cfg.input_size))
-        settings = spec.settings(self.cfg.settings).with_lr(spec.tuned_lr, lr)
+        settings = with_lr(spec.config(self.cfg.settings), spec.tuned_lr, lr)
         pl.seed_everything(seed, workers=True, verbose=False)
         module: PostTrainingModule = spec.build(backbone, data.num_classes, size, settings)
-        device = self.device
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
-        module.to(device).init_criterion(
-            make_loader(data.labeled, eval_cfg.batch_size, shuffle=False)
-        )
+        labeled = make_loader(data.labeled, eval_cfg.batch_size, shuffle=False)
         history = EpochHistory()
         _quiet_lightning()
         trainer = pl.Trainer(
@@ -314,15 +312,15 @@ class Benchmark:
             num_sanity_val_steps=0,
             callbacks=[history],
         )
-        module.train()
-        started = time.perf_counter()
-        trainer.fit(
+        # The run's one fit sequence (lightly_grpo.chains.posttrain.fit_stage), on a quiet trainer.
+        _, seconds = fit_stage(
+            trainer,
             module,
             data.train_loader(row.batch_size, seed),
             make_loader(data.validation, eval_cfg.batch_size, shuffle=False),
+            initialize=lambda: module.init_criterion(labeled),
+            batchnorm_images=lambda: labeled,
         )
-        seconds = time.perf_counter() - started
-        module.to(device).eval()
         classifier = module.classifier_fn()
         with eval_mode(module):
             metrics, shifted, validation = self._evaluate(
@@ -356,7 +354,7 @@ class Benchmark:
         report: dict[str, Any] = {"row": row.name, "seed": seed, "methods": {}}
         for method in methods:
             spec = method_spec(method)
-            base = getattr(spec.settings(self.cfg.settings), spec.tuned_lr)
+            base = getattr(spec.config(self.cfg.settings), spec.tuned_lr)
             scores: dict[float, float] = {}
             for multiplier in self.cfg.lr_grid:
                 lr = base * multiplier
