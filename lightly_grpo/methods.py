@@ -19,6 +19,9 @@ name                            objective
 ``grpo-uniformity``             GRPO-RM, accuracy + uniformity (-lambda * pi_old)
 ``grpo-uniformity-similarity``  GRPO-RM, accuracy + uniformity (-lambda * clamped cosine)
 ``grpo-kl``                     GRPO-RM, accuracy + uniformity + reference KL (beta > 0)
+``grpo-sampled``                GRPO-RM, G draws with replacement from pi_old (GRPO's group)
+``grpo-expected``               GRPO-RM, pi_old-weighted group (exact expectation of sampled)
+``grpo-expected-dr``            the same without the std normalisation (Dr. GRPO)
 ==============================  ==========================================================
 """
 
@@ -57,8 +60,11 @@ VARIANT_FIELDS = (
     "beta",
     "clip_eps",
     "inner_steps",
+    "group_size",
 )
-_INT_FIELDS = ("warmup_steps", "inner_steps")
+_INT_FIELDS = ("warmup_steps", "inner_steps", "group_size")
+#: Draws per query of ``grpo-sampled`` when the config's ``group_size`` is None (GRPO's usual G).
+DEFAULT_DRAWS = 16
 
 #: Builds a method from (backbone, num_classes, embedding_size, config).
 MethodBuilder = Callable[[nn.Module, int, int, "PosttrainConfig"], PostTrainingModule]
@@ -111,6 +117,8 @@ def policy_settings(cfg: PosttrainConfig) -> dict[str, Any]:
         "beta": cfg.beta,
         "group_size": cfg.group_size,
         "compile_math": cfg.compile_loss,
+        "estimator": cfg.estimator,
+        "normalize_std": cfg.normalize_std,
     }
 
 
@@ -205,8 +213,15 @@ def _proxy_anchor(
     return MetricLossBaseline(backbone, loss, **training_settings(cfg))
 
 
-def _grpo(uniformity: bool, form: str | None = None, kl: bool = False) -> MethodBuilder:
-    """A GRPO-RM variant: the config's settings with the variant's reward and reference KL."""
+def _grpo(
+    uniformity: bool,
+    form: str | None = None,
+    kl: bool = False,
+    estimator: str | None = None,
+    normalize_std: bool | None = None,
+) -> MethodBuilder:
+    """A GRPO-RM variant: the config's settings with the variant's reward, reference KL and
+    group estimator (None keeps the config's)."""
 
     def build(
         backbone: nn.Module, num_classes: int, size: int, cfg: PosttrainConfig
@@ -216,6 +231,14 @@ def _grpo(uniformity: bool, form: str | None = None, kl: bool = False) -> Method
             changes["uniformity_reward"] = 0.0
         if form is not None:
             changes["uniformity_form"] = form
+        if estimator is not None:
+            changes["estimator"] = estimator
+            if estimator == "sampled":
+                changes["group_size"] = cfg.group_size or DEFAULT_DRAWS
+            elif estimator == "expected":
+                changes["group_size"] = None
+        if normalize_std is not None:
+            changes["normalize_std"] = normalize_std
         variant = replace(cfg, **changes)
         return grpo_stage(variant, backbone, class_criterion(variant, num_classes, size))
 
@@ -249,6 +272,24 @@ _METHODS: tuple[MethodSpec, ...] = (
         "grpo-kl",
         "GRPO-RM, accuracy + uniformity + reference KL",
         _grpo(True, kl=True),
+        is_grpo=True,
+    ),
+    MethodSpec(
+        "grpo-sampled",
+        "GRPO-RM, accuracy + uniformity, G draws with replacement from pi_old",
+        _grpo(True, estimator="sampled"),
+        is_grpo=True,
+    ),
+    MethodSpec(
+        "grpo-expected",
+        "GRPO-RM, accuracy + uniformity, pi_old-weighted group (exact expectation of sampled)",
+        _grpo(True, estimator="expected"),
+        is_grpo=True,
+    ),
+    MethodSpec(
+        "grpo-expected-dr",
+        "GRPO-RM, accuracy + uniformity, pi_old-weighted group, no std normalisation (Dr. GRPO)",
+        _grpo(True, estimator="expected", normalize_std=False),
         is_grpo=True,
     ),
 )

@@ -23,6 +23,9 @@ HAS_CLASSIFIER = {
     "grpo-uniformity": True,
     "grpo-uniformity-similarity": True,
     "grpo-kl": True,
+    "grpo-sampled": True,
+    "grpo-expected": True,
+    "grpo-expected-dr": True,
 }
 
 
@@ -91,3 +94,16 @@ def test_a_variant_overrides_settings_and_rejects_unknown_ones() -> None:
         method_spec("grpo-kl@tau=1")
     with pytest.raises(ValueError, match="beta must be a number, got 'big'"):
         method_spec("grpo-kl@beta=big")
+
+
+def test_on_policy_variants_set_their_estimator() -> None:
+    sampled = build_method("grpo-sampled", small_cnn(), 10, 32)
+    expected = build_method("grpo-expected", small_cnn(), 10, 32, PosttrainConfig(group_size=4))
+    dr = build_method("grpo-expected-dr", small_cnn(), 10, 32)
+    assert isinstance(sampled, GRPORMStage) and isinstance(expected, GRPORMStage)
+    assert isinstance(dr, GRPORMStage)
+    assert (sampled.criterion.estimator, sampled.criterion.group_size) == ("sampled", 16)
+    assert (expected.criterion.estimator, expected.criterion.group_size) == ("expected", None)
+    assert expected.criterion.grpo.normalize_std and not dr.criterion.grpo.normalize_std
+    many = build_method("grpo-sampled@group_size=64", small_cnn(), 10, 32)
+    assert isinstance(many, GRPORMStage) and many.criterion.group_size == 64

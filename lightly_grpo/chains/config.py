@@ -23,6 +23,7 @@ from typing import Any
 from lightly_grpo.backbones import BACKBONE_PREFIX, TEACHER_BACKBONE_PREFIX
 from lightly_grpo.data import POSTTRAIN_AUGMENTATIONS
 from lightly_grpo.data.config import DataConfig
+from lightly_grpo.losses.grpo import ESTIMATORS
 from lightly_grpo.losses.policy import GRPORMPolicyLoss
 from lightly_grpo.output_sets.neighbors import IN_BATCH_UNIFORMITY_WEIGHT, NeighborOutputSet
 from lightly_grpo.posttraining import BATCHNORM_MODES, PostTrainingModule
@@ -199,7 +200,22 @@ class PosttrainConfig:
     beta: float = owned_option(GRPORMPolicyLoss, "beta", "reference KL weight")
     inner_steps: int = owned_option(GRPORMStage, "inner_steps", "optimizer steps per batch")
     group_size: int | None = owned_option(
-        GRPORMPolicyLoss, "group_size", "outputs per group ('none' for all classes)"
+        GRPORMPolicyLoss,
+        "group_size",
+        "outputs per group ('none' for all classes); the number of draws of --estimator sampled",
+    )
+    estimator: str = owned_option(
+        GRPORMPolicyLoss,
+        "estimator",
+        "how a query's group is weighted: uniform (every output once), sampled (--group-size "
+        "draws with replacement from pi_old, as GRPO samples answers) or expected (pi_old, the "
+        "exact expectation of sampled); docs/method.md 7.1",
+        choices=ESTIMATORS,
+    )
+    normalize_std: bool = owned_option(
+        GRPORMPolicyLoss,
+        "normalize_std",
+        "divide advantages by the group's standard deviation (--no-normalize-std: Dr. GRPO)",
     )
     lr_backbone: float = owned_option(PostTrainingModule, "lr_backbone", "backbone learning rate")
     lr_criterion: float = owned_option(

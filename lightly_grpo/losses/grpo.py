@@ -23,7 +23,9 @@ from torch.autograd.function import FunctionCtx
 from lightly_grpo.validation import check_finite
 
 
-def group_advantages(rewards: Tensor, eps: float = 1e-6, correct: Tensor | None = None) -> Tensor:
+def group_advantages(
+    rewards: Tensor, eps: float = 1e-6, correct: Tensor | None = None, normalize: bool = True
+) -> Tensor:
     """Normalises rewards within each group (row): ``(r - mean) / (std + eps)``.
 
     A group whose rewards are all equal carries no signal: its advantages are exactly 0 (never NaN).
@@ -35,6 +37,8 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6, correct: Tensor | None 
         correct: Optional boolean mask of the correct outputs. When given, every other (wrong)
             output's advantage is capped at 0: rewards are compared within the group, so a wrong
             output whose reward lies above the group mean would otherwise be pushed up.
+        normalize: Divide by ``std + eps``; False gives Dr. GRPO's ``r - mean`` (Liu et al.,
+            2025), which does not favour groups of low reward variance.
 
     Returns:
         Advantages of the same shape; without ``correct`` they sum to zero in every row.
@@ -47,7 +51,7 @@ def group_advantages(rewards: Tensor, eps: float = 1e-6, correct: Tensor | None 
     # Exact equality, not std == 0: the mean of equal floats is not always exactly that float.
     low, high = rewards.aminmax(dim=-1, keepdim=True)
     # bool / float promotes inside the one division kernel (no separate cast pass).
-    scale = torch.div(high != low, std + eps)
+    scale = torch.div(high != low, std + eps) if normalize else (high != low).to(rewards.dtype)
     advantages = (rewards - mean).mul_(scale)
     return advantages if correct is None else cap_wrong_advantages(advantages, correct)
 
@@ -68,9 +72,114 @@ def cap_wrong_advantages(advantages: Tensor, correct: Tensor) -> Tensor:
     return torch.where(correct, advantages, advantages.clamp_max(0.0))
 
 
-def degenerate_groups(rewards: Tensor) -> Tensor:
-    """Boolean mask (batch_size,) of groups whose rewards are all exactly equal."""
-    low, high = rewards.aminmax(dim=-1)
+#: How a query's group is weighted (``docs/method.md`` §7.1): every output once (``uniform``),
+#: the counts of draws with replacement from pi_old (``sampled``), or pi_old itself
+#: (``expected``, the exact expectation of ``sampled``).
+ESTIMATORS = ("uniform", "sampled", "expected")
+
+
+def weighted_advantages(
+    rewards: Tensor,
+    weights: Tensor,
+    eps: float = 1e-6,
+    correct: Tensor | None = None,
+    normalize: bool = True,
+) -> Tensor:
+    """Advantages of a weighted group: ``(r - mu) / (sigma + eps)`` with the weighted mean and
+    standard deviation over the support (``weights > 0``), 0 outside it.
+
+    A group whose rewards are all equal on its support (all draws correct, or all wrong) gets 0.
+    With ``weights = 1 / G`` this is :func:`group_advantages`.
+
+    Args:
+        rewards: Rewards (B, G).
+        weights: Non-negative weights (B, G), each row summing to 1.
+        eps: Added to the standard deviation.
+        correct: Optional bool mask of the correct outputs: wrong outputs are capped at 0.
+        normalize: Divide by ``sigma + eps`` (False: Dr. GRPO's ``r - mu``).
+
+    Examples:
+        >>> rewards = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+        >>> weights = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])  # 2nd: all draws correct
+        >>> weighted_advantages(rewards, weights, eps=0.0)
+        tensor([[ 1., -1.,  0.],
+                [ 0.,  0.,  0.]])
+    """
+    support = weights > 0
+    mean = (weights * rewards).sum(dim=-1, keepdim=True)
+    centred = rewards - mean
+    inf = torch.finfo(rewards.dtype).max
+    low = rewards.masked_fill(~support, inf).amin(dim=-1, keepdim=True)
+    high = rewards.masked_fill(~support, -inf).amax(dim=-1, keepdim=True)
+    informative = (high != low) & support
+    if normalize:
+        std = (weights * centred.square()).sum(dim=-1, keepdim=True).sqrt()
+        centred = centred / (std + eps)
+    advantages = torch.where(informative, centred, torch.zeros_like(centred))
+    return advantages if correct is None else cap_wrong_advantages(advantages, correct)
+
+
+def check_estimator(estimator: str) -> str:
+    """``estimator`` if it is one of :data:`ESTIMATORS`, else ValueError naming it."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    return estimator
+
+
+@torch.no_grad()
+def sample_draws(old_logits: Tensor, num_draws: int) -> Tensor:
+    """``num_draws`` outputs per query drawn with replacement from ``softmax(old_logits)``,
+    shape (B, num_draws): GRPO's sampled group.
+
+    Examples:
+        >>> draws = sample_draws(torch.tensor([[0.0, -1e9], [-1e9, 0.0]]), 3)
+        >>> draws.tolist()
+        [[0, 0, 0], [1, 1, 1]]
+    """
+    probs = torch.softmax(old_logits.float(), dim=-1)
+    return torch.multinomial(probs, num_draws, replacement=True)
+
+
+@torch.no_grad()
+def estimator_weights(
+    estimator: str, old_logits: Tensor, draws: Tensor | None = None
+) -> Tensor | None:
+    """The group weights (B, G) of ``estimator`` (None for ``"uniform"``: 1 / G each).
+
+    Args:
+        estimator: One of :data:`ESTIMATORS`.
+        old_logits: Old-policy logits over the group (B, G).
+        draws: For ``"sampled"``: the drawn outputs (B, num_draws) from :func:`sample_draws`.
+
+    Examples:
+        >>> logits = torch.zeros(1, 4)
+        >>> estimator_weights("expected", logits).tolist()
+        [[0.25, 0.25, 0.25, 0.25]]
+        >>> estimator_weights("sampled", logits, torch.tensor([[2, 2, 0, 3]])).tolist()
+        [[0.25, 0.0, 0.5, 0.25]]
+    """
+    check_estimator(estimator)
+    if estimator == "uniform":
+        return None
+    if estimator == "expected":
+        return torch.softmax(old_logits.detach(), dim=-1)
+    if draws is None:
+        raise ValueError("estimator='sampled' needs the draws (sample_draws(old_logits, G))")
+    counts = torch.zeros_like(old_logits, dtype=torch.float32)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float32))
+    return counts.div_(draws.shape[1]).to(old_logits.dtype)
+
+
+def degenerate_groups(rewards: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Boolean mask (batch_size,) of groups whose rewards are all exactly equal (on the support
+    ``weights > 0`` when weights are given)."""
+    if weights is None:
+        low, high = rewards.aminmax(dim=-1)
+        return low == high
+    support = weights > 0
+    inf = torch.finfo(rewards.dtype).max
+    low = rewards.masked_fill(~support, inf).amin(dim=-1)
+    high = rewards.masked_fill(~support, -inf).amax(dim=-1)
     return low == high
 
 
@@ -95,15 +204,21 @@ class GRPOStats:
     @classmethod
     @torch.no_grad()
     def from_policy(
-        cls, log_probs: Tensor, rewards: Tensor, clip_fraction: Tensor, kl: Tensor
+        cls,
+        log_probs: Tensor,
+        rewards: Tensor,
+        clip_fraction: Tensor,
+        kl: Tensor,
+        weights: Tensor | None = None,
     ) -> GRPOStats:
-        """Statistics of a policy given its log-probabilities over the group and the rewards."""
+        """Statistics of a policy given its log-probabilities over the group and the rewards
+        (degenerate groups judged on the support of ``weights`` when given)."""
         probs = log_probs.exp()
         return cls(
             mean_reward=(probs * rewards).sum(dim=-1).mean(),
             entropy=-(probs * log_probs).sum(dim=-1).mean(),
             clip_fraction=clip_fraction,
-            degenerate_fraction=degenerate_groups(rewards).float().mean(),
+            degenerate_fraction=degenerate_groups(rewards, weights).float().mean(),
             kl=kl,
         )
 
@@ -136,7 +251,8 @@ class _GRPOSurrogate(torch.autograd.Function):
 
     Per query b and output i, with pi = softmax(logits), rho_i = pi_i / pi_old_i and advantages A:
         s_i = min(rho_i A_i, clip(rho_i, 1 - eps, 1 + eps) A_i), and for A_i < 0 at least c A_i
-        loss = -1/B sum_b 1/G sum_i s_i + beta/B sum_b KL(pi_b || pi_ref_b)
+        loss = -1/B sum_b sum_i w_i s_i + beta/B sum_b KL(pi_b || pi_ref_b)
+    with group weights w (1 / G each when none are given).
     d s_i / d logit_j = c_i A_i rho_i (delta_ij - pi_j), where c_i = 1 when the unclipped term is
     the active one, and d KL / d logit_j = pi_j (log pi_j - log pi_ref_j - KL).
     """
@@ -150,11 +266,16 @@ class _GRPOSurrogate(torch.autograd.Function):
         ref_log_probs: Tensor | None,
         clip_eps: float,
         beta: float,
+        weights: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         batch_size, group_size = logits.shape
         scale = 1.0 / (batch_size * group_size)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
+        if weights is not None:
+            # Weighted groups (sampled or expected estimators): the weight carries 1 / G.
+            scale = 1.0 / batch_size
+            advantages = advantages * weights
         if old_log_probs is None:
             # One inner step: pi_old is pi_theta without gradient, so rho = 1, nothing clips and
             # the surrogate is sum(A); the gradient is (pi * sum_i A_i - A) / (B G).
@@ -175,6 +296,7 @@ class _GRPOSurrogate(torch.autograd.Function):
             positive, negative = advantages > 0, advantages < 0
             dual = negative & (ratio > DUAL_CLIP)
             inactive = (too_high & positive) | (too_low & negative) | dual
+            # With weights, `advantages` is w * A: w >= 0 leaves every sign test above unchanged.
             unclipped = ratio * advantages
             clipped = torch.where(dual, DUAL_CLIP * advantages, ratio.clamp(low, high) * advantages)
             surrogate = torch.where(inactive, clipped, unclipped)
@@ -197,7 +319,7 @@ class _GRPOSurrogate(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor, *_unused: Tensor) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None, None, None
+        return grad * grad_loss, None, None, None, None, None, None
 
 
 #: PPO clip range of every GRPO-RM loss (acts only with several inner steps on one batch).
@@ -219,6 +341,12 @@ class GRPORMLoss(nn.Module):
         beta: Weight of the exact KL(pi_theta || pi_ref) over the group (>= 0); needs
             ``ref_logits``.
         adv_eps: Added to the group standard deviation when normalising advantages.
+        normalize_std: Divide advantages by the group's standard deviation; False gives Dr.
+            GRPO's ``r - mean`` (Liu et al., 2025).
+
+    A group may be weighted (``weights=`` of :meth:`forward`, see :func:`estimator_weights`):
+    the surrogate is then ``sum_i w_i s_i`` per query, and the mean and standard deviation of the
+    advantages are the weighted ones over the support ``w > 0``.
 
     Examples:
         >>> criterion = GRPORMLoss(clip_eps=0.2)
@@ -233,6 +361,7 @@ class GRPORMLoss(nn.Module):
         clip_eps: float = DEFAULT_CLIP_EPS,
         beta: float = DEFAULT_BETA,
         adv_eps: float = 1e-6,
+        normalize_std: bool = True,
     ) -> None:
         super().__init__()
         if not clip_eps >= 0:
@@ -245,9 +374,12 @@ class GRPORMLoss(nn.Module):
             # Smaller than this, (r - mean) / (std + eps) overflows for groups whose rewards
             # differ by a few ulps (std ~ 1e-45): advantages of 1e38 and a NaN loss.
             raise ValueError(f"adv_eps must be finite and >= {MIN_ADV_EPS}, got {adv_eps}")
+        if not isinstance(normalize_std, bool):
+            raise ValueError(f"normalize_std must be True or False, got {normalize_std!r}")
         self.clip_eps = float(clip_eps)
         self.beta = float(beta)
         self.adv_eps = float(adv_eps)
+        self.normalize_std = normalize_std
 
     def forward(
         self,
@@ -256,6 +388,7 @@ class GRPORMLoss(nn.Module):
         old_logits: Tensor | None = None,
         ref_logits: Tensor | None = None,
         correct: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         """Computes the loss.
 
@@ -268,11 +401,13 @@ class GRPORMLoss(nn.Module):
             ref_logits: Logits of the reference policy; required when ``beta > 0``.
             correct: Optional boolean mask (same shape) of the correct outputs; when given, no
                 wrong output gets a positive advantage (see :func:`group_advantages`).
+            weights: Optional group weights (same shape, >= 0, rows summing to 1), e.g.
+                :func:`estimator_weights`; None weights every output 1 / G.
 
         Returns:
             The scalar loss.
         """
-        return self._loss(logits, rewards, old_logits, ref_logits, correct)[0]
+        return self._loss(logits, rewards, old_logits, ref_logits, correct, weights)[0]
 
     def forward_with_stats(
         self,
@@ -281,13 +416,14 @@ class GRPORMLoss(nn.Module):
         old_logits: Tensor | None = None,
         ref_logits: Tensor | None = None,
         correct: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> tuple[Tensor, GRPOStats]:
         """Like ``forward`` but also returns detached :class:`GRPOStats` for logging."""
         loss, log_probs, clip_count, kl = self._loss(
-            logits, rewards, old_logits, ref_logits, correct
+            logits, rewards, old_logits, ref_logits, correct, weights
         )
         clip_fraction = clip_count.float() / logits.numel()
-        return loss, GRPOStats.from_policy(log_probs, rewards, clip_fraction, kl)
+        return loss, GRPOStats.from_policy(log_probs, rewards, clip_fraction, kl, weights)
 
     def _loss(
         self,
@@ -296,14 +432,21 @@ class GRPORMLoss(nn.Module):
         old_logits: Tensor | None,
         ref_logits: Tensor | None,
         correct: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        self._validate(logits, rewards, old_logits, ref_logits)
+        self._validate(logits, rewards, old_logits, ref_logits, weights)
         # float16 / bfloat16 logits (mixed precision) are scored in float32: rewards, softmax and
         # ratios overflow or lose the advantages in half precision. The gradient flows back
         # through the cast in the logits' own dtype.
         compute = torch.promote_types(logits.dtype, torch.float32)
         rewards = rewards.detach().to(compute)
-        advantages = group_advantages(rewards, self.adv_eps, correct)
+        if weights is None:
+            advantages = group_advantages(rewards, self.adv_eps, correct, self.normalize_std)
+        else:
+            weights = weights.detach().to(compute)
+            advantages = weighted_advantages(
+                rewards, weights, self.adv_eps, correct, self.normalize_std
+            )
         old_log_probs = (
             None
             if old_logits is None
@@ -315,7 +458,13 @@ class GRPORMLoss(nn.Module):
             else None
         )
         return _GRPOSurrogate.apply(
-            logits.to(compute), advantages, old_log_probs, ref_log_probs, self.clip_eps, self.beta
+            logits.to(compute),
+            advantages,
+            old_log_probs,
+            ref_log_probs,
+            self.clip_eps,
+            self.beta,
+            weights,
         )
 
     def _validate(
@@ -324,9 +473,10 @@ class GRPORMLoss(nn.Module):
         rewards: Tensor,
         old_logits: Tensor | None,
         ref_logits: Tensor | None,
+        weights: Tensor | None = None,
     ) -> None:
         given = {"logits": logits, "rewards": rewards, "old_logits": old_logits}
-        for name, value in {**given, "ref_logits": ref_logits}.items():
+        for name, value in {**given, "ref_logits": ref_logits, "weights": weights}.items():
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
         if logits.dim() != 2:
@@ -344,6 +494,24 @@ class GRPORMLoss(nn.Module):
                 )
         if self.beta > 0 and ref_logits is None:
             raise ValueError(f"beta={self.beta} > 0 needs ref_logits (the reference policy)")
+        if weights is not None:
+            if weights.shape != logits.shape:
+                raise ValueError(
+                    f"weights must have the shape of logits {tuple(logits.shape)}, "
+                    f"got {tuple(weights.shape)}"
+                )
+            w = weights.detach().double()
+            sums = w.sum(dim=-1)
+            if (
+                not bool(torch.isfinite(w).all())
+                or bool((w < 0).any())
+                or not bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
+            ):
+                raise ValueError(
+                    "weights must be finite, >= 0 and sum to 1 in every row, got row sums "
+                    f"in [{float(sums.min()):.4g}, {float(sums.max()):.4g}] and minimum "
+                    f"{float(w.min()):.4g}"
+                )
         check_finite({"logits": logits, **others}, hint="check the embeddings and the temperature")
         largest = float(rewards.detach().abs().amax())
         if largest > MAX_ABS_REWARD:

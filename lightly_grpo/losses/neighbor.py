@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from lightly.models.modules.memory_bank import MemoryBankModule
 from torch import Tensor, nn
 
-from lightly_grpo.losses.grpo import DEFAULT_CLIP_EPS, GRPORMLoss
+from lightly_grpo.losses.grpo import (
+    DEFAULT_CLIP_EPS,
+    GRPORMLoss,
+    check_estimator,
+    estimator_weights,
+    sample_draws,
+)
 from lightly_grpo.losses.policy import DEFAULT_TEMPERATURE
 from lightly_grpo.output_sets.neighbors import DEFAULT_NUM_NEIGHBORS, in_batch_candidates
 from lightly_grpo.rewards import (
@@ -44,6 +50,11 @@ class GRPORMNeighborLoss(nn.Module):
         memory_bank_size: Entries of the bank (>= num_neighbors, or 0 for no neighbours).
         clip_eps: PPO clip range (acts only with old logits from earlier inner steps).
         gather_distributed: Fill the bank with the embeddings of every DDP rank.
+        estimator: How each view's group of 2B - 1 candidates is weighted: ``"uniform"`` (each
+            once), ``"sampled"`` (``num_draws`` draws with replacement from pi_old) or
+            ``"expected"`` (pi_old itself); see ``docs/method.md`` §7.1.
+        num_draws: The draws per view of ``"sampled"`` (>= 2); None otherwise.
+        normalize_std: Divide advantages by the group's standard deviation (False: Dr. GRPO).
 
     Examples:
         >>> criterion = GRPORMNeighborLoss(memory_bank_size=512)
@@ -61,8 +72,21 @@ class GRPORMNeighborLoss(nn.Module):
         memory_bank_size: int = 4096,
         clip_eps: float = DEFAULT_CLIP_EPS,
         gather_distributed: bool = False,
+        estimator: str = "uniform",
+        num_draws: int | None = None,
+        normalize_std: bool = True,
     ) -> None:
         super().__init__()
+        check_estimator(estimator)
+        if (estimator == "sampled") != (num_draws is not None):
+            raise ValueError(
+                "num_draws (draws per view, >= 2) is needed by estimator='sampled' and only by "
+                f"it, got estimator={estimator!r}, num_draws={num_draws!r}"
+            )
+        if num_draws is not None and (
+            isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2
+        ):
+            raise ValueError(f"num_draws must be an integer >= 2, got {num_draws!r}")
         if not 0 < temperature < float("inf") or temperature < 1e-4:
             raise ValueError(f"temperature must be a finite number >= 1e-4, got {temperature}")
         if not 0 <= neighbor_weight < float("inf"):
@@ -79,7 +103,9 @@ class GRPORMNeighborLoss(nn.Module):
         self.num_neighbors = num_neighbors
         self.memory_bank_size = memory_bank_size
         self.reward = neighbor_reward(1.0, neighbor_weight, uniformity)
-        self.grpo = GRPORMLoss(clip_eps=clip_eps)
+        self.grpo = GRPORMLoss(clip_eps=clip_eps, normalize_std=normalize_std)
+        self.estimator = estimator
+        self.num_draws = num_draws
         self.gather_distributed = gather_distributed
         self.memory_bank: MemoryBankModule | None = None  # built on the first call (needs D)
         self.filled = 0
@@ -92,6 +118,9 @@ class GRPORMNeighborLoss(nn.Module):
             "num_neighbors": self.num_neighbors,
             "memory_bank_size": self.memory_bank_size,
             "clip_eps": self.grpo.clip_eps,
+            "estimator": self.estimator,
+            "num_draws": self.num_draws,
+            "normalize_std": self.grpo.normalize_std,
         }
 
     @torch.no_grad()
@@ -137,7 +166,10 @@ class GRPORMNeighborLoss(nn.Module):
                 positive=neighbor,
             )
         )
-        loss = self.grpo(logits, rewards, correct=correct | neighbor)
+        old = logits.detach()
+        draws = sample_draws(old, self.num_draws) if self.num_draws is not None else None
+        weights = estimator_weights(self.estimator, old, draws)
+        loss = self.grpo(logits, rewards, correct=correct | neighbor, weights=weights)
         if self.training and self.memory_bank_size > 0:
             self._update_bank(z[:batch].detach())
         return loss

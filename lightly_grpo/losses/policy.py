@@ -8,7 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from lightly_grpo.losses.fused import fused_loss_on_similarities
-from lightly_grpo.losses.grpo import DEFAULT_BETA, DEFAULT_CLIP_EPS, GRPORMLoss, GRPOStats
+from lightly_grpo.losses.grpo import (
+    DEFAULT_BETA,
+    DEFAULT_CLIP_EPS,
+    GRPORMLoss,
+    GRPOStats,
+    check_estimator,
+    estimator_weights,
+    sample_draws,
+)
 from lightly_grpo.output_sets.base import (
     KeyedOutputSet,
     OutputGroup,
@@ -47,11 +55,16 @@ class GRPORMPolicyLoss(nn.Module):
     the clipped surrogate (plus the exact KL to a reference policy when ``beta > 0``). Wrong
     outputs never get a positive advantage (``docs/method.md``, "Advantages").
 
-    Sampled groups (``group_size=G`` smaller than the output set): G outputs per query are drawn
-    without replacement from pi_old (Gumbel top-k), the correct ones always kept, and the policy,
-    the ratio, pi_old inside the reward and the KL are all renormalised over that sample. With
-    several inner steps on one batch, sample once (:meth:`sample_group_index`) and pass the same
-    ``group_index`` to every step, as GRPO samples once per prompt.
+    Which estimator the group is (``estimator``, ``docs/method.md`` §7.1): ``"uniform"`` weights
+    every output of the group 1 / G; with ``group_size=G`` smaller than the output set, G outputs
+    per query are drawn without replacement from pi_old (Gumbel top-k), the correct ones always
+    kept, and the policy, the ratio, pi_old inside the reward and the KL are all renormalised over
+    that sample. ``"sampled"`` draws ``group_size`` outputs with replacement from pi_old (GRPO's
+    group: duplicates allowed, a group whose draws are all correct or all wrong carries no signal)
+    and weights each output by its share of the draws; ``"expected"`` weights each output by
+    pi_old, the exact expectation of ``"sampled"``. With several inner steps on one batch, sample
+    once (:meth:`sample_group_index`) and pass the same ``group_index`` to every step, as GRPO
+    samples once per prompt.
 
     Args:
         output_set: The candidates (e.g. :class:`~lightly_grpo.output_sets.ClassPrototypes`), or
@@ -60,11 +73,16 @@ class GRPORMPolicyLoss(nn.Module):
         reward: Reward object (or its config); default accuracy + uniformity (-pi_old, lambda = 1).
         clip_eps: PPO clip range (acts only with old logits from an earlier inner step).
         beta: Weight of the exact KL to the reference policy (needs ``ref_embeddings``).
-        group_size: None enumerates the whole set; an integer G samples G outputs per query.
+        group_size: ``"uniform"``: None enumerates the whole set, an integer G samples G outputs
+            per query without replacement; ``"sampled"``: the number of draws G (>= 2, needed);
+            ``"expected"``: must be None.
         validate: Check every batch for NaN/inf embeddings and out-of-range labels (one host
             synchronisation per call); set False in a GPU loop that cannot afford it.
         compile_math: ``torch.compile`` the fused reward/advantage/gradient math of the default
             reward (fewer kernel launches on a GPU; compiles once per batch shape).
+        estimator: ``"uniform"``, ``"sampled"`` or ``"expected"`` (above).
+        normalize_std: Divide advantages by the group's standard deviation (GRPO); False gives
+            Dr. GRPO's ``r - mean``.
 
     Examples:
         >>> from lightly_grpo.output_sets import ClassPrototypes
@@ -82,6 +100,8 @@ class GRPORMPolicyLoss(nn.Module):
         group_size: int | None = None,
         validate: bool = True,
         compile_math: bool = False,
+        estimator: str = "uniform",
+        normalize_std: bool = True,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -98,17 +118,30 @@ class GRPORMPolicyLoss(nn.Module):
             output_set = output_set_from_config(output_set)
         if not isinstance(output_set, OutputSet):
             raise ValueError(f"output_set must be an OutputSet, got {type(output_set).__name__}")
-        if group_size is not None and not 2 <= group_size <= output_set.num_outputs:
+        check_estimator(estimator)
+        if estimator == "sampled":
+            if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+                raise ValueError(
+                    "estimator='sampled' needs group_size = the number of draws per query, an "
+                    f"integer >= 2 (one draw has no group to compare with), got {group_size!r}"
+                )
+        elif estimator == "expected" and group_size is not None:
+            raise ValueError(
+                "estimator='expected' weights the whole output set by pi_old; group_size must be "
+                f"None, got {group_size!r}"
+            )
+        elif group_size is not None and not 2 <= group_size <= output_set.num_outputs:
             raise ValueError(
                 f"group_size must be in [2, {output_set.num_outputs}] or None, got {group_size}"
             )
         self.output_set = output_set
         self.temperature = float(temperature)
         self.reward = reward_from_config(reward) if reward is not None else default_reward()
-        self.grpo = GRPORMLoss(clip_eps=clip_eps, beta=beta)
+        self.grpo = GRPORMLoss(clip_eps=clip_eps, beta=beta, normalize_std=normalize_std)
         self.group_size = group_size
         self.validate = validate
         self.compile_math = compile_math
+        self.estimator = estimator
 
     @property
     def beta(self) -> float:
@@ -125,6 +158,8 @@ class GRPORMPolicyLoss(nn.Module):
             "group_size": self.group_size,
             "validate": self.validate,
             "compile_math": self.compile_math,
+            "estimator": self.estimator,
+            "normalize_std": self.grpo.normalize_std,
         }
 
     # ------------------------------------------------------------------ groups and logits
@@ -163,12 +198,18 @@ class GRPORMPolicyLoss(nn.Module):
 
     @torch.no_grad()
     def sample_group_index(self, old_logits: Tensor, correct: Tensor) -> Tensor | None:
-        """Indices (B, G) of a group sampled from old logits over the whole set (None: none).
+        """Indices (B, G) of a group sampled from old logits over the whole set (None: none):
+        without replacement (``"uniform"`` with ``group_size``), or the draws with replacement
+        of ``"sampled"``.
 
         Args:
             old_logits: Old-policy logits over each query's whole group (B, G_full).
-            correct: The correct mask of that group (B, G_full), always kept in the sample.
+            correct: The correct mask of that group (B, G_full), always kept in a sample without
+                replacement.
         """
+        if self.estimator == "sampled":
+            assert self.group_size is not None
+            return sample_draws(old_logits, self.group_size)
         if self.group_size is None or self.group_size >= old_logits.shape[1]:
             return None
         return sample_group(old_logits, correct, self.group_size)
@@ -245,6 +286,8 @@ class GRPORMPolicyLoss(nn.Module):
         fused = self._fused_weights()
         if (
             fused is not None
+            and self.estimator == "uniform"
+            and self.grpo.normalize_std
             and old_logits is None
             and group_index is None
             and (self.group_size is None or self.group_size >= group.similarities.shape[1])
@@ -257,11 +300,12 @@ class GRPORMPolicyLoss(nn.Module):
         logits = group.similarities / self.temperature
         policy_old = logits.detach() if old_logits is None else old_logits.detach()
         if group_index is None:
-            group_index = (
-                sample_group(policy_old, group.correct, self.group_size)
-                if self.group_size is not None and self.group_size < logits.shape[1]
-                else None
-            )
+            group_index = self.sample_group_index(policy_old, group.correct)
+        weights = None
+        if self.estimator != "uniform":
+            # The group stays the whole set; the draws (or pi_old) become its weights.
+            weights = estimator_weights(self.estimator, policy_old, group_index)
+            group_index = None
         # Accuracy of the argmax over the whole set, before any sampling.
         accuracy = (
             group.correct.gather(1, logits.detach().argmax(dim=1, keepdim=True)).float().mean()
@@ -285,9 +329,11 @@ class GRPORMPolicyLoss(nn.Module):
         # Positives (neighbours) are exempt from the cap on wrong outputs' advantages.
         rewarded = group.rewarded()
         if accuracy is None:
-            return self.grpo(logits, rewards, old, ref_logits, correct=rewarded), {}
+            return self.grpo(
+                logits, rewards, old, ref_logits, correct=rewarded, weights=weights
+            ), {}
         loss, stats = self.grpo.forward_with_stats(
-            logits, rewards, old, ref_logits, correct=rewarded
+            logits, rewards, old, ref_logits, correct=rewarded, weights=weights
         )
         return loss, {**stats.as_dict(), "accuracy": accuracy}
 
