@@ -159,11 +159,14 @@ def test_retrieval_mode_trains_on_some_classes_and_evaluates_the_others(
     classes = {int(c) for values in per_class.values() for c in values}
     assert classes == {5, 6, 7, 8, 9}
     from lightly_grpo.chains import PosttrainConfig
+    from lightly_grpo.chains.config import NeighborsConfig, UnlabeledConfig
     from lightly_grpo.chains.recipes import unlabeled_items
     from lightly_grpo.data import DataConfig, dataset_labels
 
     cfg = PosttrainConfig(
-        train_classes=[0, 1, 2, 3, 4], unlabeled_images=96, data=DataConfig(dataset="digits")
+        neighbors=NeighborsConfig(train_classes=[0, 1, 2, 3, 4]),
+        unlabeled=UnlabeledConfig(images=96),
+        data=DataConfig(dataset="digits"),
     )
     _, bank, _ = unlabeled_items(cfg)
     assert set(dataset_labels(bank).tolist()) <= {0, 1, 2, 3, 4}

@@ -152,6 +152,46 @@ class EvalConfig:
 
 
 @dataclass
+class UnlabeledConfig:
+    """The images of the output sets trained without labels (``--output-set neighbors/kmeans``)."""
+
+    images: int | None = option(
+        None,
+        "train-split images used without labels by --output-set neighbors/kmeans (all)",
+        flag="--unlabeled-images",
+    )
+    refresh_every: int = option(
+        0, "rebuild the unlabeled output set from the current model every N epochs (0: never)"
+    )
+
+
+@dataclass
+class NeighborsConfig:
+    """``--output-set neighbors``: in-batch groups with rewarded reference-space neighbours."""
+
+    num_neighbors: int = owned_option(
+        NeighborOutputSet, "num_neighbors", "reference-space neighbours per image"
+    )
+    neighbor_reward: float = owned_option(
+        neighbor_reward,
+        "neighbor",
+        "reward of a reference-space neighbour (the image's other view gets 1)",
+    )
+    train_classes: list[int] | None = option(
+        None,
+        "retrieval on unseen classes: train with the labels of these classes only (same-class "
+        "candidates are correct) and evaluate on the other classes",
+    )
+
+
+@dataclass
+class KMeansConfig:
+    """``--output-set kmeans``: balanced k-means centroids."""
+
+    num_clusters: int | None = option(None, "k-means centroids (default: the number of classes)")
+
+
+@dataclass
 class PosttrainConfig:
     """GRPO-RM post-training on a labeled share of the train split."""
 
@@ -253,35 +293,14 @@ class PosttrainConfig:
         "(balanced k-means centroids)",
         choices=("classes", "neighbors", "kmeans"),
     )
-    unlabeled_images: int | None = option(
-        None, "train-split images used without labels by --output-set neighbors/kmeans (all)"
-    )
-    num_neighbors: int = owned_option(
-        NeighborOutputSet,
-        "num_neighbors",
-        "reference-space neighbours per image (--output-set neighbors)",
-    )
-    neighbor_reward: float = owned_option(
-        neighbor_reward,
-        "neighbor",
-        "reward of a reference-space neighbour (the image's other view gets 1)",
-    )
-    num_clusters: int | None = option(
-        None, "k-means centroids of --output-set kmeans (default: the number of classes)"
-    )
-    train_classes: list[int] | None = option(
-        None,
-        "retrieval on unseen classes: train --output-set neighbors with the labels of these "
-        "classes only (same-class candidates are correct) and evaluate on the other classes",
-    )
-    refresh_every: int = option(
-        0, "rebuild the unlabeled output set from the current model every N epochs (0: never)"
-    )
     val_images: int | None = option(
         2000,
         "train-split images held out from the labeled ones for the per-epoch validation "
         "accuracy curve; nothing is selected on them (0 disables, 'all' holds out a fifth)",
     )
+    unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -355,9 +374,12 @@ __all__ = [
     "DemoConfig",
     "EvalConfig",
     "EvaluateConfig",
+    "KMeansConfig",
+    "NeighborsConfig",
     "PosttrainConfig",
     "PretrainConfig",
     "TrainerConfig",
+    "UnlabeledConfig",
     "default_of",
     "option",
     "owned_option",

@@ -59,7 +59,7 @@ def unlabeled_demo_config(labeled: PosttrainConfig, images: int) -> PosttrainCon
         labeled,
         out_dir=str(Path(labeled.out_dir) / "unlabeled"),
         output_set="neighbors",
-        unlabeled_images=images,
+        unlabeled=dataclasses.replace(labeled.unlabeled, images=images),
         epochs=1,
         baselines=["simclr"],
         eval=dataclasses.replace(labeled.eval, max_train_images=2000, max_test_images=1000),

@@ -143,8 +143,8 @@ def labeled_data(cfg: PosttrainConfig) -> TrainData:
 
 
 def unlabeled_items(cfg: PosttrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[int]]:
-    """``cfg.unlabeled_images`` train-split images (all by default), picked by ``data_seed``;
-    only images of ``cfg.train_classes`` when it is set (retrieval mode).
+    """``cfg.unlabeled.images`` train-split images (all by default), picked by ``data_seed``;
+    only images of ``cfg.neighbors.train_classes`` when it is set (retrieval mode).
 
     Returns:
         ``(items, bank, indices)``: ``(views, label, index)`` items with SimCLR views (labels are
@@ -154,9 +154,9 @@ def unlabeled_items(cfg: PosttrainConfig) -> tuple[Dataset[Any], Dataset[Any], l
     data = cfg.data
     split = resolve_dataset(data.dataset, "train", None, root=data.data_root, seed=data.data_seed)
     pool = np.arange(len(split))
-    if cfg.train_classes is not None:
-        pool = pool[np.isin(dataset_labels(split), cfg.train_classes)]
-    chosen = random_subset(len(pool), cfg.unlabeled_images, data.data_seed)
+    if cfg.neighbors.train_classes is not None:
+        pool = pool[np.isin(dataset_labels(split), cfg.neighbors.train_classes)]
+    chosen = random_subset(len(pool), cfg.unlabeled.images, data.data_seed)
     indices = pool[chosen].tolist()
     transform = simclr_transform(data.input_size, data.in_channels)
     views = resolve_dataset(
@@ -296,7 +296,7 @@ class UnlabeledRecipe(OutputSetRecipe):
     title = "GRPO-RM unlabeled post-training report"
 
     def check(self, cfg: PosttrainConfig) -> None:
-        if cfg.train_classes is not None:
+        if cfg.neighbors.train_classes is not None:
             raise ValueError(
                 "train_classes (retrieval mode) needs --output-set neighbors, got "
                 f"{cfg.output_set!r}"
@@ -329,12 +329,12 @@ class UnlabeledRecipe(OutputSetRecipe):
         stage.criterion.output_set.snapshot_reference()
 
     def callbacks(self, cfg: PosttrainConfig, data: TrainData) -> list[pl.Callback]:
-        if cfg.refresh_every <= 0:
+        if cfg.unlabeled.refresh_every <= 0:
             return []
         return [
             OutputSetRefresh(
                 data.init,
-                cfg.refresh_every,
+                cfg.unlabeled.refresh_every,
                 cfg.eval.batch_size,
                 cfg.data.num_workers,
                 progress=cfg.trainer.progress,
@@ -373,26 +373,30 @@ class NeighborsRecipe(UnlabeledRecipe):
     unlabeled_baselines = ("simclr",)
 
     def check(self, cfg: PosttrainConfig) -> None:
-        if cfg.train_classes is not None and len(set(cfg.train_classes)) < 2:
-            raise ValueError(f"train_classes needs at least 2 classes, got {cfg.train_classes}")
+        if cfg.neighbors.train_classes is not None and len(set(cfg.neighbors.train_classes)) < 2:
+            raise ValueError(
+                f"train_classes needs at least 2 classes, got {cfg.neighbors.train_classes}"
+            )
 
     def accepts_methods(self, cfg: PosttrainConfig) -> bool:
-        return cfg.train_classes is not None  # retrieval mode trains with labels
+        return cfg.neighbors.train_classes is not None  # retrieval mode trains with labels
 
     def mines(self, cfg: PosttrainConfig) -> bool:
         """Whether the training batches are neighbour-mined (:class:`NeighborBatchSampler`)."""
-        return cfg.train_classes is None
+        return cfg.neighbors.train_classes is None
 
     def criterion(self, cfg: PosttrainConfig, dim: int, data: TrainData) -> GRPORMPolicyLoss:
         output_set = NeighborOutputSet(
             data.size,
             dim,
-            num_neighbors=cfg.num_neighbors,
-            use_labels=cfg.train_classes is not None,
+            num_neighbors=cfg.neighbors.num_neighbors,
+            use_labels=cfg.neighbors.train_classes is not None,
             # Without a neighbour reward the neighbours are ordinary wrong outputs.
-            neighbors_positive=cfg.neighbor_reward > 0,
+            neighbors_positive=cfg.neighbors.neighbor_reward > 0,
         )
-        reward = neighbor_reward(cfg.accuracy_reward, cfg.neighbor_reward, self.uniformity(cfg))
+        reward = neighbor_reward(
+            cfg.accuracy_reward, cfg.neighbors.neighbor_reward, self.uniformity(cfg)
+        )
         return GRPORMPolicyLoss(output_set, reward=reward, **policy_settings(cfg))
 
     def loader(self, cfg: PosttrainConfig, data: TrainData, stage: GRPORMStage) -> DataLoader[Any]:
@@ -435,10 +439,10 @@ class NeighborsRecipe(UnlabeledRecipe):
     def evaluation_data(self, cfg: PosttrainConfig) -> EvaluationData:
         """The evaluation splits; in retrieval mode only the classes that were not trained on."""
         data = evaluation_data(cfg.data, cfg.eval)
-        if cfg.train_classes is None:
+        if cfg.neighbors.train_classes is None:
             return data
-        keep_train = ~np.isin(dataset_labels(data.train), cfg.train_classes)
-        keep_test = ~np.isin(dataset_labels(data.test), cfg.train_classes)
+        keep_train = ~np.isin(dataset_labels(data.train), cfg.neighbors.train_classes)
+        keep_test = ~np.isin(dataset_labels(data.test), cfg.neighbors.train_classes)
         return dataclasses.replace(
             data,
             train=Subset(data.train, np.flatnonzero(keep_train).tolist()),
@@ -447,9 +451,10 @@ class NeighborsRecipe(UnlabeledRecipe):
         )
 
     def report_title(self, cfg: PosttrainConfig) -> str:
-        if cfg.train_classes is None:
+        if cfg.neighbors.train_classes is None:
             return super().report_title(cfg)
-        return f"GRPO-RM retrieval on unseen classes (trained on classes {cfg.train_classes})"
+        classes = cfg.neighbors.train_classes
+        return f"GRPO-RM retrieval on unseen classes (trained on classes {classes})"
 
 
 class KMeansRecipe(UnlabeledRecipe):
@@ -459,7 +464,9 @@ class KMeansRecipe(UnlabeledRecipe):
     name = "kmeans"
 
     def criterion(self, cfg: PosttrainConfig, dim: int, data: TrainData) -> GRPORMPolicyLoss:
-        output_set = KMeansPrototypes(cfg.num_clusters or data.num_classes, dim, seed=cfg.data.seed)
+        output_set = KMeansPrototypes(
+            cfg.kmeans.num_clusters or data.num_classes, dim, seed=cfg.data.seed
+        )
         reward = build_reward(cfg.accuracy_reward, self.uniformity(cfg), cfg.uniformity_form)
         return GRPORMPolicyLoss(output_set, reward=reward, **policy_settings(cfg))
 

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from lightly_grpo.chains import PosttrainConfig
-from lightly_grpo.chains.config import EvalConfig
+from lightly_grpo.chains.config import EvalConfig, NeighborsConfig, UnlabeledConfig
 from lightly_grpo.chains.posttrain import posttrain
 from lightly_grpo.data import DataConfig
 
@@ -60,14 +60,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                 checkpoint=args.checkpoint,
                 out_dir=str(args.out / f"{output_set}_seed{seed}"),
                 output_set=output_set,
-                unlabeled_images=args.unlabeled_images,
+                unlabeled=UnlabeledConfig(images=args.unlabeled_images),
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 lr_backbone=args.lr,
                 baselines=args.baselines if output_set == args.output_sets[0] else [],
-                train_classes=args.train_classes,
                 uniformity_reward=args.uniformity,
-                neighbor_reward=args.neighbor_reward,
+                neighbors=NeighborsConfig(
+                    neighbor_reward=args.neighbor_reward, train_classes=args.train_classes
+                ),
                 data=DataConfig(
                     data_root=args.data_root,
                     input_size=args.input_size,
