@@ -45,6 +45,9 @@ def main() -> None:
         type=float,
         help="multipliers of each method's learning rate to tune over (1 turns tuning off)",
     )
+    parser.add_argument(
+        "--epochs", type=int, help="training epochs of every selected row (default: the preset's)"
+    )
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: Debian's)")
     parser.add_argument("--num-workers", type=int, default=0, help="training loader workers")
     args = parser.parse_args()
@@ -52,6 +55,11 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, data_root=args.data_root, num_workers=args.num_workers)
     if args.lr_grid:
         cfg = dataclasses.replace(cfg, lr_grid=tuple(args.lr_grid))
+    if args.epochs is not None:
+        if args.epochs < 1:
+            parser.error(f"--epochs must be >= 1, got {args.epochs}")
+        rows = tuple(dataclasses.replace(row, epochs=args.epochs) for row in cfg.rows)
+        cfg = dataclasses.replace(cfg, rows=rows)
     checkpoints = {
         source: path
         for source, path in (("simclr", args.simclr_checkpoint), ("dino", args.dino_checkpoint))

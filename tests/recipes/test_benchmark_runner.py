@@ -62,6 +62,8 @@ def test_learning_rates_are_chosen_on_validation_and_used_for_every_seed(
         scores = {item["lr"]: item["val_score"] for item in entry["scores"]}
         assert sorted(scores) == [1e-3, 2e-3]
         assert scores[entry["chosen"]] == max(scores.values()), method
+        # With a grid of two rates every optimum lies at an edge: the report says so.
+        assert entry["at_edge"] is True
         chosen = entry["chosen"]
         for seed in (0, 1):
             stored = json.loads(result_path(out, "digits", method, chosen, seed).read_text())
@@ -73,6 +75,7 @@ def test_learning_rates_are_chosen_on_validation_and_used_for_every_seed(
             assert stored["validation"] != stored["metrics"]  # other images than the test
     table = (out / "results.md").read_text()
     assert "| ce-linear |" in table and "| grpo-uniformity |" in table
+    assert "val. change, last 20% (pts)" in table
     assert "pretrained backbone" in table and (out / "convergence.png").is_file()
 
 

@@ -369,10 +369,16 @@ class Benchmark:
                 ),
             )
             chosen[method] = best
+            # An optimum at the edge of a grid of several rates says the grid is too narrow
+            # (the converged protocol needs it inside).
+            at_edge = len(scores) > 1 and best in (min(scores), max(scores))
+            if at_edge:
+                self.log(f"tuning: {method}'s best rate {best:.2g} is at the edge of the grid")
             report["methods"][method] = {
                 "tuned": spec.tuned_lr,
                 "scores": [{"lr": lr, "val_score": score} for lr, score in scores.items()],
                 "chosen": best,
+                "at_edge": at_edge,
             }
         write_json_atomic(self.out_dir / "tuning.json", report)
         return chosen

@@ -33,6 +33,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("recall_at_1", "Recall@1"),
     ("ncm_accuracy", "class-mean acc."),
     ("epochs_to_95", "epochs to 95% acc."),
+    ("late_change", "val. change, last 20% (pts)"),
     ("train_seconds", "train s"),
 )
 #: Columns of the out-of-distribution table (per shift).
@@ -42,7 +43,10 @@ SHIFT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("mean_average_precision_at_r", "MAP@R"),
 )
 # Lower is better for these columns (the marks and the bold face follow it).
-_LOWER_IS_BETTER = ("epochs_to_95", "train_seconds")
+_LOWER_IS_BETTER = ("epochs_to_95", "late_change", "train_seconds")
+#: A run counts as converged when its validation accuracy moves less than this (in points) over
+#: the last 20% of its epochs.
+CONVERGED_POINTS = 0.5
 
 
 def epochs_to_fraction(curve: Sequence[float], fraction: float = 0.95) -> float:
@@ -61,6 +65,23 @@ def epochs_to_fraction(curve: Sequence[float], fraction: float = 0.95) -> float:
     return float(next(i + 1 for i, v in enumerate(values) if v >= target))
 
 
+def late_change(curve: Sequence[float], share: float = 0.2) -> float:
+    """How far (absolute, in accuracy points) the curve moves over its last ``share`` of epochs:
+    ``|last - value at (1 - share) of the run|``; NaN for fewer than 2 epochs.
+
+    Examples:
+        >>> late_change([0.5, 0.7, 0.80, 0.81, 0.812])
+        0.2
+        >>> math.isnan(late_change([0.9]))
+        True
+    """
+    values = [v for v in curve if not math.isnan(v)]
+    if len(values) < 2:
+        return math.nan
+    start = min(len(values) - 2, max(0, round((1 - share) * len(values)) - 1))
+    return round(abs(values[-1] - values[start]) * 100, 6)
+
+
 def accuracy_curve(result: RunResult) -> list[float]:
     """The per-epoch validation accuracy of a run's own classifier (empty without one)."""
     return [row["val/accuracy"] for row in result.history if "val/accuracy" in row]
@@ -71,6 +92,7 @@ def run_values(result: RunResult, shift: str | None = None) -> dict[str, float]:
     values = dict(result.metrics if shift is None else result.shifted.get(shift, {}))
     if shift is None:
         values["epochs_to_95"] = epochs_to_fraction(accuracy_curve(result))
+        values["late_change"] = late_change(accuracy_curve(result))
         values["train_seconds"] = result.train_seconds if result.method != PRETRAINED else math.nan
     return values
 
@@ -121,7 +143,7 @@ def _format(cell: Cell | None, key: str) -> str:
         return "–"
     if key == "train_seconds":
         return f"{cell.mean:.0f} ± {cell.std:.0f}"
-    if key == "epochs_to_95":
+    if key in ("epochs_to_95", "late_change"):
         return f"{cell.mean:.1f} ± {cell.std:.1f}"
     return f"{cell.mean:.3f} ± {cell.std:.3f}"
 
@@ -196,7 +218,9 @@ def benchmark_markdown(
         f"Seeds {list(cfg.seeds)} (mean ± sample std); data seed {cfg.data_seed}; every method "
         "and seed is scored on the same test images. **Bold**: best post-trained method of the "
         "column. ▲/▼: better/worse than `ce-linear` by more than the sum of both standard "
-        "deviations. `lr`: the tuned learning rate (backbone; the linear probe's head)."
+        "deviations. `lr`: the tuned learning rate (backbone; the linear probe's head). "
+        "`val. change, last 20%`: how far the validation accuracy of the model's own classifier "
+        f"moved over the last 20% of its epochs, in points (converged: below {CONVERGED_POINTS})."
     ]
     for row in cfg.rows:
         table = aggregate(results, row.name)
