@@ -153,6 +153,8 @@ class MethodSpec:
         tuned_lr: The learning rate a benchmark tunes: ``"lr_backbone"``, or ``"lr_criterion"``
             for the linear probe (its backbone does not train).
         is_grpo: Whether the method is a GRPO-RM variant.
+        tunes_criterion: Whether a benchmark also tunes ``lr_criterion`` beside ``tuned_lr``
+            (the method has criterion parameters of its own and trains its backbone).
         overrides: Config fields a variant (``"<method>@<field>=<value>"``) changes; apply them
             with :meth:`config`.
     """
@@ -163,6 +165,7 @@ class MethodSpec:
     tuned_lr: str = "lr_backbone"
     is_grpo: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    tunes_criterion: bool = True
 
     def config(self, base: PosttrainConfig | None = None) -> PosttrainConfig:
         """``base`` (default: the run config's defaults) with this method's overrides applied.
@@ -246,14 +249,22 @@ def _grpo(
 
 
 _METHODS: tuple[MethodSpec, ...] = (
-    MethodSpec("linear-probe", "linear head on the frozen backbone", _linear_probe, "lr_criterion"),
+    MethodSpec(
+        "linear-probe",
+        "linear head on the frozen backbone",
+        _linear_probe,
+        "lr_criterion",
+        tunes_criterion=False,
+    ),
     MethodSpec("ce-linear", "cross-entropy fine-tuning, linear head", _cross_entropy("linear")),
     MethodSpec(
         "ce-prototypes",
         "cross-entropy fine-tuning, cosine-prototype head",
         _cross_entropy("prototypes"),
     ),
-    MethodSpec("supcon", "SupCon fine-tuning (pytorch-metric-learning)", _supcon),
+    MethodSpec(
+        "supcon", "SupCon fine-tuning (pytorch-metric-learning)", _supcon, tunes_criterion=False
+    ),
     MethodSpec("proxy-anchor", "ProxyAnchor fine-tuning (pytorch-metric-learning)", _proxy_anchor),
     MethodSpec("grpo-accuracy", "GRPO-RM, accuracy reward", _grpo(False), is_grpo=True),
     MethodSpec(

@@ -46,7 +46,17 @@ def main() -> None:
         help="multipliers of each method's learning rate to tune over (1 turns tuning off)",
     )
     parser.add_argument(
+        "--criterion-lr-grid",
+        nargs="+",
+        type=float,
+        help="multipliers of the criterion's learning rate (prototypes, head, proxies) tried "
+        "with each of --lr-grid: a two-dimensional grid (default: 1, not tuned)",
+    )
+    parser.add_argument(
         "--epochs", type=int, help="training epochs of every selected row (default: the preset's)"
+    )
+    parser.add_argument(
+        "--val-images", type=int, help="held-out validation images (default: the preset's)"
     )
     parser.add_argument("--data-root", help="Fashion-MNIST folder (default: Debian's)")
     parser.add_argument("--num-workers", type=int, default=0, help="training loader workers")
@@ -55,6 +65,10 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, data_root=args.data_root, num_workers=args.num_workers)
     if args.lr_grid:
         cfg = dataclasses.replace(cfg, lr_grid=tuple(args.lr_grid))
+    if args.val_images is not None:
+        cfg = dataclasses.replace(cfg, val_images=args.val_images)
+    if args.criterion_lr_grid:
+        cfg = dataclasses.replace(cfg, criterion_lr_grid=tuple(args.criterion_lr_grid))
     if args.epochs is not None:
         if args.epochs < 1:
             parser.error(f"--epochs must be >= 1, got {args.epochs}")

@@ -150,3 +150,28 @@ def test_a_benchmark_killed_mid_run_resumes_without_redoing_finished_runs(
         for key in ("classifier_accuracy", "knn_top1_dino", "mean_average_precision_at_r"):
             if key in uninterrupted:
                 assert metrics[key] == pytest.approx(uninterrupted[key], abs=1e-6), (path, key)
+
+
+def test_a_two_dimensional_grid_tunes_the_criterion_rate_too(tmp_path: Path) -> None:
+    checkpoint = export_backbone(resnet18_small(), tmp_path / "backbone.pt")
+    cfg = dataclasses.replace(
+        CFG, methods=("ce-linear", "supcon"), seeds=(0,), criterion_lr_grid=(1.0, 3.0)
+    )
+    out = tmp_path / "out"
+    run_benchmark(cfg, out, {"simclr": str(checkpoint)}, accelerator="cpu")
+    tuning = json.loads((out / "tuning.json").read_text())["methods"]
+    linear = {(s["lr"], s["lr_criterion"]) for s in tuning["ce-linear"]["scores"]}
+    assert linear == {(1e-3, 1e-2), (1e-3, 3e-2), (2e-3, 1e-2), (2e-3, 3e-2)}
+    # SupCon has no criterion parameters: its grid stays one-dimensional.
+    assert {s["lr_criterion"] for s in tuning["supcon"]["scores"]} == {None}
+    best = tuning["ce-linear"]
+    stored = json.loads(
+        result_path(
+            out, "digits", "ce-linear", best["chosen"], 0, best["chosen_lr_criterion"]
+        ).read_text()
+    )
+    assert stored["lr_criterion"] == best["chosen_lr_criterion"]
+    assert (
+        f"{best['chosen']:.2g} / {best['chosen_lr_criterion']:.2g}"
+        in (out / "results.md").read_text()
+    )

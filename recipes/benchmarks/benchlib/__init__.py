@@ -49,7 +49,9 @@ def run_benchmark(
     """
     bench = Benchmark(cfg, out_dir, checkpoints, accelerator)
     results = bench.run_all()
-    lrs = {method: result.lr for result in results for method in [result.method] if result.lr > 0}
+    lrs: dict[str, float | tuple[float, float | None]] = {
+        result.method: (result.lr, result.lr_criterion) for result in results if result.lr > 0
+    }
     counts = {row.name: bench.data(row).class_counts for row in cfg.rows}
     out = Path(out_dir)
     plot = convergence_plot(cfg, results, out / "convergence.png")

@@ -88,6 +88,9 @@ class BenchmarkConfig:
         lr_grid: Multipliers of each method's tuned learning rate (``MethodSpec.tuned_lr``),
             tried on ``tune_row`` with the first seed; the one with the best validation score
             is used for every seed and row. ``(1.0,)`` turns tuning off.
+        criterion_lr_grid: Multipliers of ``lr_criterion`` (prototypes, linear head, proxies)
+            tried with each of ``lr_grid`` for the methods that have criterion parameters
+            (``MethodSpec.tunes_criterion``): the grid is then two-dimensional.
         tune_row: Name of the row the learning rates are tuned on (default: the first row).
         input_size: Image side in pixels.
         augment: Augmentation of the labeled images (``posttrain_transform`` kinds).
@@ -109,6 +112,7 @@ class BenchmarkConfig:
     data_seed: int = 0
     settings: PosttrainConfig = field(default_factory=PosttrainConfig)
     lr_grid: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    criterion_lr_grid: tuple[float, ...] = (1.0,)
     tune_row: str | None = None
     input_size: int = 28
     augment: str = "light"
@@ -137,6 +141,12 @@ class BenchmarkConfig:
         # Result files name the rate with 3 significant digits: two rates must not share one.
         if len({f"{m:.3g}" for m in self.lr_grid}) != len(self.lr_grid):
             raise ValueError(f"lr_grid multipliers must differ in 3 digits, got {self.lr_grid}")
+        grid = self.criterion_lr_grid
+        if not grid or any(not m > 0 for m in grid) or len({f"{m:.3g}" for m in grid}) != len(grid):
+            raise ValueError(
+                f"criterion_lr_grid must hold positive multipliers that differ in 3 digits, "
+                f"got {grid}"
+            )
         if self.tune_row is not None and self.tune_row not in names:
             raise ValueError(f"tune_row {self.tune_row!r} is not a row; rows: {names}")
 

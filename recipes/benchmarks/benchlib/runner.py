@@ -52,6 +52,7 @@ class RunResult:
         method: Method name (or :data:`PRETRAINED`).
         seed: Training seed.
         lr: The tuned learning rate the run used (``MethodSpec.tuned_lr``).
+        lr_criterion: The criterion's learning rate when it was tuned too (None: the config's).
         metrics: Test metrics (:func:`~lightly_grpo.chains.evaluate.score_embeddings`).
         shifted: Shift name -> the same metrics on the shifted test set.
         validation: Validation metrics (the learning rate is selected on ``val_score``).
@@ -74,12 +75,21 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     fingerprint: str = ""
+    lr_criterion: float | None = None
 
 
-def result_path(out_dir: Path, row: str, method: str, lr: float, seed: int) -> Path:
-    """Where a run's result lives (``runs/<row>/<method>/lr<lr>_seed<seed>.json``)."""
+#: A point of the learning-rate grid: (tuned rate, criterion rate or None).
+Rates = tuple[float, float | None]
+
+
+def result_path(
+    out_dir: Path, row: str, method: str, lr: float, seed: int, lr_criterion: float | None = None
+) -> Path:
+    """Where a run's result lives (``runs/<row>/<method>/lr<lr>[_clr<lr_criterion>]_seed<seed>``
+    ``.json``)."""
     safe_row = row.replace("%", "pct").replace("/", "_")
-    return out_dir / "runs" / safe_row / method / f"lr{lr:.3g}_seed{seed}.json"
+    rates = f"lr{lr:.3g}" if lr_criterion is None else f"lr{lr:.3g}_clr{lr_criterion:.3g}"
+    return out_dir / "runs" / safe_row / method / f"{rates}_seed{seed}.json"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -282,9 +292,12 @@ class Benchmark:
         write_json_atomic(path, asdict(result))
         return result
 
-    def run(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
-        """Trains and evaluates one method on one row with one seed (or loads the result)."""
-        path = result_path(self.out_dir, row.name, method, lr, seed)
+    def run(
+        self, row: DataRow, method: str, seed: int, lr: float, lr_criterion: float | None = None
+    ) -> RunResult:
+        """Trains and evaluates one method on one row with one seed (or loads the result);
+        ``lr_criterion`` overrides the criterion's learning rate."""
+        path = result_path(self.out_dir, row.name, method, lr, seed, lr_criterion)
         stored = self._stored(path, row)
         if stored is not None:
             return stored
@@ -295,6 +308,8 @@ class Benchmark:
         backbone = self.backbone(row.backbone)
         size = backbone_output_dim(backbone, (1, self.cfg.input_size, self.cfg.input_size))
         settings = with_lr(spec.config(self.cfg.settings), spec.tuned_lr, lr)
+        if lr_criterion is not None:
+            settings = with_lr(settings, "lr_criterion", lr_criterion)
         pl.seed_everything(seed, workers=True, verbose=False)
         module: PostTrainingModule = spec.build(backbone, data.num_classes, size, settings)
         eval_cfg = EvalConfig(batch_size=self.cfg.eval_batch_size)
@@ -339,61 +354,87 @@ class Benchmark:
             history.rows,
             seconds,
             self.fingerprint(row),
+            lr_criterion,
         )
         write_json_atomic(path, asdict(result))
         return result
 
     # ------------------------------------------------------------------ the whole benchmark
-    def tune_learning_rates(self) -> dict[str, float]:
-        """Per method, the learning rate of ``cfg.lr_grid`` with the best validation score on
-        the tuning row (first seed); written to ``tuning.json`` with every score."""
+    def tune_learning_rates(self) -> dict[str, Rates]:
+        """Per method, the point of ``cfg.lr_grid`` (times ``cfg.criterion_lr_grid`` for methods
+        that tune their criterion's rate too) with the best validation score on the tuning row
+        (first seed); written to ``tuning.json`` with every score and whether the optimum lies
+        at an edge of the grid."""
         row = self.cfg.tuning_row
         seed = self.cfg.seeds[0]
         methods = list(dict.fromkeys(m for r in self.cfg.rows for m in self.cfg.row_methods(r)))
-        chosen: dict[str, float] = {}
+        chosen: dict[str, Rates] = {}
         report: dict[str, Any] = {"row": row.name, "seed": seed, "methods": {}}
         for method in methods:
             spec = method_spec(method)
-            base = getattr(spec.config(self.cfg.settings), spec.tuned_lr)
-            scores: dict[float, float] = {}
+            config = spec.config(self.cfg.settings)
+            base = getattr(config, spec.tuned_lr)
+            criterion_grid = self._criterion_grid(spec.tunes_criterion)
+            scores: dict[Rates, float] = {}
             for multiplier in self.cfg.lr_grid:
-                lr = base * multiplier
-                result = self._run_logged(row, method, seed, lr)
-                scores[lr] = result.val_score
-            # A NaN score (a diverged run) never wins; ties go to the rate closest to the default.
+                for criterion in criterion_grid:
+                    rates: Rates = (
+                        base * multiplier,
+                        None if criterion is None else config.lr_criterion * criterion,
+                    )
+                    scores[rates] = self._run_logged(row, method, seed, *rates).val_score
+            # A NaN score (a diverged run) never wins; ties go to the rates closest to the
+            # defaults.
             best = max(
                 scores,
-                key=lambda lr: (
-                    -math.inf if math.isnan(scores[lr]) else scores[lr],
-                    -abs(lr - base),
+                key=lambda rates: (
+                    -math.inf if math.isnan(scores[rates]) else scores[rates],
+                    -abs(rates[0] - base),
+                    -abs((rates[1] or config.lr_criterion) - config.lr_criterion),
                 ),
             )
             chosen[method] = best
             # An optimum at the edge of a grid of several rates says the grid is too narrow
             # (the converged protocol needs it inside).
-            at_edge = len(scores) > 1 and best in (min(scores), max(scores))
+            at_edge = _at_edge(best[0], [r[0] for r in scores]) or _at_edge(
+                best[1], [r[1] for r in scores]
+            )
             if at_edge:
-                self.log(f"tuning: {method}'s best rate {best:.2g} is at the edge of the grid")
+                self.log(f"tuning: {method}'s best rates {best} lie at an edge of the grid")
             report["methods"][method] = {
                 "tuned": spec.tuned_lr,
-                "scores": [{"lr": lr, "val_score": score} for lr, score in scores.items()],
-                "chosen": best,
+                "scores": [
+                    {"lr": r[0], "lr_criterion": r[1], "val_score": score}
+                    for r, score in scores.items()
+                ],
+                "chosen": best[0],
+                "chosen_lr_criterion": best[1],
                 "at_edge": at_edge,
             }
         write_json_atomic(self.out_dir / "tuning.json", report)
         return chosen
 
-    def _run_logged(self, row: DataRow, method: str, seed: int, lr: float) -> RunResult:
-        path = result_path(self.out_dir, row.name, method, lr, seed)
+    def _criterion_grid(self, tunes_criterion: bool) -> list[float | None]:
+        """The criterion multipliers a method is tried with (None: the config's rate)."""
+        grid = self.cfg.criterion_lr_grid
+        if not tunes_criterion or tuple(grid) == (1.0,):
+            return [None]
+        return list(grid)
+
+    def _run_logged(
+        self, row: DataRow, method: str, seed: int, lr: float, lr_criterion: float | None = None
+    ) -> RunResult:
+        path = result_path(self.out_dir, row.name, method, lr, seed, lr_criterion)
         cached = path.is_file()
         started = time.perf_counter()
-        result = self.run(row, method, seed, lr)
+        result = self.run(row, method, seed, lr, lr_criterion)
         self._seen.add(path)  # finished runs count too: the position in the whole benchmark
         if not cached:
             m = result.metrics
             self.log(
                 f"[{len(self._seen)}/{self._planned}] "
-                f"{row.name:18s} {method:28s} seed {seed} lr {lr:.2g}: "
+                f"{row.name:18s} {method:28s} seed {seed} lr {lr:.2g}"
+                f"{'' if lr_criterion is None else f' / {lr_criterion:.2g}'}: "
                 f"acc {m.get('classifier_accuracy', float('nan')):.3f} "
                 f"kNN {m['knn_top1_dino']:.3f} MAP@R {m['mean_average_precision_at_r']:.3f} "
                 f"val {result.val_score:.3f} ({time.perf_counter() - started:.0f} s)"
@@ -411,8 +452,14 @@ class Benchmark:
             results.append(self.run_pretrained(row))
             for method in self.cfg.row_methods(row):
                 for seed in self.cfg.seeds:
-                    results.append(self._run_logged(row, method, seed, chosen[method]))
+                    results.append(self._run_logged(row, method, seed, *chosen[method]))
         return results
 
 
-__all__ = ["PRETRAINED", "Benchmark", "RunResult", "load_result", "result_path"]
+def _at_edge(value: float | None, grid: list[float | None]) -> bool:
+    """Whether ``value`` is the smallest or largest of a grid of several distinct values."""
+    values = sorted({v for v in grid if v is not None})
+    return value is not None and len(values) > 1 and value in (values[0], values[-1])
+
+
+__all__ = ["PRETRAINED", "Benchmark", "Rates", "RunResult", "load_result", "result_path"]

@@ -148,6 +148,14 @@ def _format(cell: Cell | None, key: str) -> str:
     return f"{cell.mean:.3f} ± {cell.std:.3f}"
 
 
+def _rates(rates: float | tuple[float, float | None]) -> str:
+    """``"0.0003"``, or ``"0.0003 / 0.01"`` with a tuned criterion rate."""
+    if isinstance(rates, tuple):
+        lr, criterion = rates
+        return f"{lr:.2g}" if criterion is None else f"{lr:.2g} / {criterion:.2g}"
+    return f"{rates:.2g}"
+
+
 def _ordered(methods: Iterable[str]) -> list[str]:
     """The pretrained row, the registered methods in table order, then variants as given."""
     given = list(dict.fromkeys(methods))
@@ -158,9 +166,10 @@ def _ordered(methods: Iterable[str]) -> list[str]:
 def markdown_table(
     table: dict[str, dict[str, Cell]],
     columns: Sequence[tuple[str, str]],
-    lrs: dict[str, float] | None = None,
+    lrs: dict[str, float | tuple[float, float | None]] | None = None,
 ) -> str:
-    """One Markdown table: a line per method (pretrained first), a column per metric."""
+    """One Markdown table: a line per method (pretrained first), a column per metric; ``lrs``
+    gives each method's tuned rate, or (rate, criterion rate)."""
     methods = _ordered(table)
     trained = [m for m in methods if m != PRETRAINED]
     best: dict[str, float] = {}
@@ -173,7 +182,7 @@ def markdown_table(
     reference = table.get(REFERENCE_METHOD, {})
     for method in methods:
         name = "pretrained backbone (no post-training)" if method == PRETRAINED else method
-        lr = "–" if method == PRETRAINED or not lrs or method not in lrs else f"{lrs[method]:.2g}"
+        lr = "–" if method == PRETRAINED or not lrs or method not in lrs else _rates(lrs[method])
         cells = []
         for key, _ in columns:
             cell = table[method].get(key)
@@ -210,7 +219,7 @@ def row_description(row: DataRow, counts: list[int] | None = None) -> str:
 def benchmark_markdown(
     cfg: BenchmarkConfig,
     results: Sequence[RunResult],
-    lrs: dict[str, float],
+    lrs: dict[str, float | tuple[float, float | None]],
     class_counts: dict[str, list[int]] | None = None,
 ) -> str:
     """The whole generated results section: one table per row, then the shifted test sets."""
@@ -218,7 +227,9 @@ def benchmark_markdown(
         f"Seeds {list(cfg.seeds)} (mean ± sample std); data seed {cfg.data_seed}; every method "
         "and seed is scored on the same test images. **Bold**: best post-trained method of the "
         "column. ▲/▼: better/worse than `ce-linear` by more than the sum of both standard "
-        "deviations. `lr`: the tuned learning rate (backbone; the linear probe's head). "
+        "deviations. `lr`: the tuned learning rate (backbone; the linear probe's head), and "
+        "after a slash the tuned rate of the criterion (prototypes, head, proxies) when it was "
+        "tuned. "
         "`val. change, last 20%`: how far the validation accuracy of the model's own classifier "
         f"moved over the last 20% of its epochs, in points (converged: below {CONVERGED_POINTS})."
     ]
