@@ -12,6 +12,7 @@ cross-entropy, SupCon and ProxyAnchor baselines go in ``lightly_grpo/baselines.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 
 from lightly_grpo.batchnorm import freeze_batchnorm_stats, recompute_batchnorm_stats
 from lightly_grpo.embedding import backbone_features, embed_loader, eval_mode, unpack_batch
+from lightly_grpo.evaluation.knn import leave_one_out_knn_top1
+from lightly_grpo.evaluation.metrics import KNN_PROTOCOLS
 from lightly_grpo.schedules import per_step_cosine
 
 BATCHNORM_MODES = ("freeze", "train", "recompute")
@@ -232,14 +235,35 @@ class PostTrainingModule(pl.LightningModule):
         self.log_training_stats({**stats, "loss": loss.detach()}, len(images))
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._validation: list[tuple[Tensor, Tensor]] = []
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if not self.can_predict_classes():
-            return
+        """Logs ``val/accuracy`` (the model's own classifier, where it has one) and keeps the
+        embeddings for ``val/knn_top1`` (:meth:`on_validation_epoch_end`)."""
         images, labels = unpack_batch(batch, views="first")
         assert labels is not None
-        accuracy = (self.predict_classes(images) == labels.to(self.device)).float().mean()
-        # "val/accuracy" pairs with "train/accuracy" in the report's curves.
-        self.log("val/accuracy", accuracy, prog_bar=True, batch_size=len(labels))
+        labels = labels.to(self.device)
+        embeddings = self(images)
+        if self.can_predict_classes():
+            accuracy = (self.classify_embeddings(embeddings) == labels).float().mean()
+            # "val/accuracy" pairs with "train/accuracy" in the report's curves.
+            self.log("val/accuracy", accuracy, prog_bar=True, batch_size=len(labels))
+        self._validation.append((F.normalize(embeddings.float(), dim=1), labels))
+
+    def on_validation_epoch_end(self) -> None:
+        """Logs ``val/knn_top1``: the validation images' kNN top-1 among themselves (DINO's
+        k = 20, T = 0.07), a curve every method has, with or without a classifier. Under DDP it
+        is the mean over the ranks' shards."""
+        parts, self._validation = getattr(self, "_validation", []), []
+        if not parts:
+            return
+        embeddings = torch.cat([z for z, _ in parts])
+        labels = torch.cat([y for _, y in parts])
+        k, temperature = KNN_PROTOCOLS["dino"]
+        value = leave_one_out_knn_top1(embeddings, labels, k, temperature)
+        if not math.isnan(value):  # one validation image has no neighbour to vote
+            self.log("val/knn_top1", value, sync_dist=True, batch_size=len(labels))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: backbone+head with / without weight decay, criterion parameters."""

@@ -107,3 +107,23 @@ def test_prototype_head_starts_at_the_class_means_and_the_linear_head_does_not()
         else:
             after = list(model.criterion.parameters())
             assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_every_method_logs_a_validation_knn_curve(tmp_path: Path) -> None:
+    from lightly_grpo.evaluation.knn import leave_one_out_knn_top1
+
+    pl.seed_everything(0)
+    loader = digit_loader(64, 32)
+    model = MetricLossBaseline(small_cnn(), SupConLoss(temperature=0.1), lr_backbone=1e-3)
+    fit = trainer(tmp_path, max_steps=2)
+    fit.fit(model, loader, loader)
+    # SupCon has no classifier: no val/accuracy, but a kNN curve all the same.
+    assert "val/accuracy" not in fit.callback_metrics
+    logged = float(fit.callback_metrics["val/knn_top1"])
+    model.eval()
+    with torch.no_grad():
+        batches = [(model(images), labels) for images, labels in loader]
+    z = torch.cat([e for e, _ in batches])
+    y = torch.cat([lab for _, lab in batches])
+    assert logged == pytest.approx(leave_one_out_knn_top1(z, y, 20, 0.07), abs=1e-6)
+    assert 0.0 <= logged <= 1.0

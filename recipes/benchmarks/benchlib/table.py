@@ -83,8 +83,11 @@ def late_change(curve: Sequence[float], share: float = 0.2) -> float:
 
 
 def accuracy_curve(result: RunResult) -> list[float]:
-    """The per-epoch validation accuracy of a run's own classifier (empty without one)."""
-    return [row["val/accuracy"] for row in result.history if "val/accuracy" in row]
+    """The per-epoch validation accuracy of a run's own classifier, or for a method without one
+    (SupCon) its validation kNN top-1 among the validation images (``val/knn_top1``)."""
+    key = "val/accuracy" if any("val/accuracy" in row for row in result.history) else None
+    key = key or "val/knn_top1"
+    return [row[key] for row in result.history if key in row]
 
 
 def run_values(result: RunResult, shift: str | None = None) -> dict[str, float]:
@@ -231,6 +234,7 @@ def benchmark_markdown(
         "after a slash the tuned rate of the criterion (prototypes, head, proxies) when it was "
         "tuned. "
         "`val. change, last 20%`: how far the validation accuracy of the model's own classifier "
+        "(for a method without one, the kNN top-1 of the validation images among themselves) "
         f"moved over the last 20% of its epochs, in points (converged: below {CONVERGED_POINTS})."
     ]
     for row in cfg.rows:
