@@ -41,7 +41,11 @@ _METRIC_ORDER = (
 _LOWER_IS_BETTER = ("loss", "error", "seconds", "time_s", "memory")
 # Panel order of the training curves (keys without their "train/" or "val/" prefix).
 _CURVE_ORDER = ("reward", "accuracy", "loss", "entropy", "clip_fraction", "degenerate_fraction")
-_CURVE_NAMES = {"kl": "KL to reference", "accuracy": "Policy accuracy"}
+_CURVE_NAMES = {
+    "kl": "KL to reference",
+    "accuracy": "Policy accuracy",
+    "knn_top1": "kNN top-1 among the validation images (k=20, T=0.07)",
+}
 
 
 def _registered(name: str) -> MetricSpec | None:
