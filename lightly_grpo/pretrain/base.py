@@ -98,6 +98,12 @@ class PretrainMethod(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+#: The AdamW settings every pretraining recipe starts from (``adamw_cosine`` reads them from the
+#: module's hyperparameters).
+DEFAULT_PRETRAIN_LR = 1e-3
+DEFAULT_PRETRAIN_WEIGHT_DECAY = 1e-4
+
+
 def adamw_cosine(module: pl.LightningModule, trained: list[nn.Module]) -> dict[str, Any]:
     """What every recipe's ``configure_optimizers`` returns: AdamW over ``trained`` (weight decay
     off for norms and biases, as lightly's ``get_weight_decay_parameters`` splits them) with the
@@ -115,4 +121,9 @@ def adamw_cosine(module: pl.LightningModule, trained: list[nn.Module]) -> dict[s
     return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
-__all__ = ["PretrainMethod", "adamw_cosine"]
+__all__ = [
+    "DEFAULT_PRETRAIN_LR",
+    "DEFAULT_PRETRAIN_WEIGHT_DECAY",
+    "PretrainMethod",
+    "adamw_cosine",
+]

@@ -26,7 +26,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightly_grpo.data.transforms import _prepend_to_views, channel_step, normalize_stats
-from lightly_grpo.pretrain.base import PretrainMethod, adamw_cosine
+from lightly_grpo.pretrain.base import (
+    DEFAULT_PRETRAIN_LR,
+    DEFAULT_PRETRAIN_WEIGHT_DECAY,
+    PretrainMethod,
+    adamw_cosine,
+)
 
 #: Smallest side of a local view: below it a 28 px image's crop holds next to nothing.
 MIN_LOCAL_CROP_SIZE = 8
@@ -123,8 +128,8 @@ class DINOModule(pl.LightningModule):
         hidden_dim: int = 512,
         bottleneck_dim: int = 64,
         output_dim: int = 2048,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        lr: float = DEFAULT_PRETRAIN_LR,
+        weight_decay: float = DEFAULT_PRETRAIN_WEIGHT_DECAY,
         warmup_steps: int = 0,
         momentum_start: float = 0.996,
         momentum_end: float = 1.0,

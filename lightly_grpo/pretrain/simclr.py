@@ -12,7 +12,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from lightly_grpo.data.transforms import simclr_transform
-from lightly_grpo.pretrain.base import PretrainMethod, adamw_cosine
+from lightly_grpo.pretrain.base import (
+    DEFAULT_PRETRAIN_LR,
+    DEFAULT_PRETRAIN_WEIGHT_DECAY,
+    PretrainMethod,
+    adamw_cosine,
+)
 
 
 class SimCLRModule(pl.LightningModule):
@@ -49,8 +54,8 @@ class SimCLRModule(pl.LightningModule):
         hidden_dim: int = 512,
         output_dim: int = 128,
         temperature: float = 0.2,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
+        lr: float = DEFAULT_PRETRAIN_LR,
+        weight_decay: float = DEFAULT_PRETRAIN_WEIGHT_DECAY,
         warmup_steps: int = 0,
         gather_distributed: bool = True,
     ) -> None:
