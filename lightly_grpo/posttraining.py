@@ -12,7 +12,6 @@ cross-entropy, SupCon and ProxyAnchor baselines go in ``lightly_grpo/baselines.p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from lightly_grpo.batchnorm import freeze_batchnorm_stats, recompute_batchnorm_stats
 from lightly_grpo.embedding import backbone_features, embed_loader, eval_mode, unpack_batch
-from lightly_grpo.evaluation.knn import leave_one_out_knn_top1
+from lightly_grpo.evaluation.evaluator import RetrievalEvaluator
 from lightly_grpo.evaluation.metrics import KNN_PROTOCOLS
 from lightly_grpo.schedules import per_step_cosine
 
@@ -260,10 +259,16 @@ class PostTrainingModule(pl.LightningModule):
             return
         embeddings = torch.cat([z for z, _ in parts])
         labels = torch.cat([y for _, y in parts])
+        if len(labels) < 2:
+            return  # one validation image has no neighbour to vote
         k, temperature = KNN_PROTOCOLS["dino"]
-        value = leave_one_out_knn_top1(embeddings, labels, k, temperature)
-        if not math.isnan(value):  # one validation image has no neighbour to vote
-            self.log("val/knn_top1", value, sync_dist=True, batch_size=len(labels))
+        protocol = (min(k, len(labels) - 1), temperature)
+        evaluator = RetrievalEvaluator(
+            knn_protocols=(protocol,), retrieval=False, nmi=False, per_class=False
+        )
+        top1 = evaluator.metric_names()[0]  # knn_top1_k{k}_t{T}
+        value = evaluator.evaluate(embeddings, labels).metrics[top1]
+        self.log("val/knn_top1", value, sync_dist=True, batch_size=len(labels))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: backbone+head with / without weight decay, criterion parameters."""

@@ -110,7 +110,9 @@ def test_prototype_head_starts_at_the_class_means_and_the_linear_head_does_not()
 
 
 def test_every_method_logs_a_validation_knn_curve(tmp_path: Path) -> None:
-    from lightly_grpo.evaluation.knn import leave_one_out_knn_top1
+    import torch.nn.functional as F
+
+    from lightly_grpo.evaluation import RetrievalEvaluator
 
     pl.seed_everything(0)
     loader = digit_loader(64, 32)
@@ -125,5 +127,12 @@ def test_every_method_logs_a_validation_knn_curve(tmp_path: Path) -> None:
         batches = [(model(images), labels) for images, labels in loader]
     z = torch.cat([e for e, _ in batches])
     y = torch.cat([lab for _, lab in batches])
-    assert logged == pytest.approx(leave_one_out_knn_top1(z, y, 20, 0.07), abs=1e-6)
+    # By hand: each image's 20 nearest other images vote with weights exp(cos / 0.07).
+    z = F.normalize(z, dim=1)
+    similarities = (z @ z.t()).fill_diagonal_(float("-inf"))
+    top, index = similarities.topk(20, dim=1)
+    votes = torch.zeros(len(y), 10).scatter_add_(1, y[index], (top / 0.07).exp())
+    assert logged == pytest.approx(float((votes.argmax(1) == y).float().mean()), abs=1e-6)
+    evaluator = RetrievalEvaluator(knn_protocols=("dino",), retrieval=False, nmi=False)
+    assert logged == pytest.approx(evaluator.evaluate(z, y).metrics["knn_top1_dino"], abs=1e-6)
     assert 0.0 <= logged <= 1.0

@@ -87,10 +87,6 @@ class TrainData:
     indices: list[int] = dataclasses.field(default_factory=list)
 
 
-#: The name of :class:`TrainData` for labeled runs (``labeled_data`` returns one).
-LabeledData = TrainData
-
-
 def labeled_data(cfg: PosttrainConfig) -> TrainData:
     """A class-balanced ``label_fraction`` of the train split, as training and init loaders, plus
     ``val_images`` validation images of the train split that are never trained on.
@@ -510,7 +506,6 @@ __all__ = [
     "RECIPES",
     "ClassesRecipe",
     "KMeansRecipe",
-    "LabeledData",
     "NeighborsRecipe",
     "OutputSetRecipe",
     "TrainData",

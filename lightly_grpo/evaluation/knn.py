@@ -91,27 +91,3 @@ def knn_votes(
     for s in range(0, b, step):
         rows = slice(s, s + step)
         yield rows, knn_vote(similarities[rows], labels[rows], num_classes, temperature)
-
-
-def leave_one_out_knn_top1(
-    embeddings: Tensor, labels: Tensor, k: int = 20, temperature: float = 0.07
-) -> float:
-    """kNN top-1 accuracy of a labeled set among itself: each item votes with its ``k`` nearest
-    other items (cosine, weighted ``exp(sim / T)`` as :func:`knn_vote`); NaN for fewer than 2
-    items. What every post-training method logs per epoch as ``val/knn_top1``.
-
-    Examples:
-        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-        >>> leave_one_out_knn_top1(x, torch.tensor([0, 0, 1, 1]), k=1)
-        1.0
-    """
-    n = len(embeddings)
-    if n < 2:
-        return float("nan")
-    z = torch.nn.functional.normalize(embeddings.float(), dim=1)
-    similarities = z @ z.t()
-    similarities.fill_diagonal_(float("-inf"))
-    top, index = similarities.topk(min(k, n - 1), dim=1)
-    num_classes = int(labels.max()) + 1
-    votes = knn_vote(top, labels[index], num_classes, temperature)
-    return float((votes[:, 0] == labels).float().mean())
